@@ -1,0 +1,92 @@
+"""Hand-offs between native threads (where torch runs) and request handlers.
+
+Under gunicorn's gevent worker, `threading` and `queue` are monkey-patched: a
+"thread" is a greenlet and a lock blocks the whole hub. Model work must run on
+real OS threads, so this module takes the original primitives from gevent and
+wakes waiting greenlets only through the hub's thread-safe callback. Under
+`flask run` (no patching) the same API is plain threads and queues.
+"""
+
+from __future__ import annotations
+
+import importlib
+import queue
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+try:
+    from gevent import monkey as _monkey
+except ImportError:  # gevent is optional for `flask run`
+    _monkey = None
+
+T = TypeVar("T")
+
+
+def gevent_patched() -> bool:
+    """True when running under gevent's monkey-patching (gunicorn -k gevent)."""
+    return _monkey is not None and _monkey.is_module_patched("threading")
+
+
+def _original(module: str, name: str) -> Any:
+    if _monkey is not None:
+        return _monkey.get_original(module, name)
+    return getattr(importlib.import_module(module), name)
+
+
+NativeQueue = _original("queue", "SimpleQueue")
+native_lock = _original("_thread", "allocate_lock")
+_start_new_thread = _original("_thread", "start_new_thread")
+
+
+def start_native_thread(target: Callable[[], None]) -> None:
+    """Run `target` on a new OS thread, even under monkey-patching."""
+    _start_new_thread(target, ())
+
+
+def run_off_hub(fn: Callable[..., T], *args: Any) -> T:
+    """Call a long blocking function without stalling other greenlets."""
+    if gevent_patched():
+        import gevent
+
+        return gevent.get_hub().threadpool.apply(fn, args)
+    return fn(*args)
+
+
+class Mailbox:
+    """A queue filled by any thread and drained by one request handler.
+
+    `get` blocks only the calling greenlet (or thread), never the gevent hub.
+    """
+
+    def __init__(self) -> None:
+        self._items = NativeQueue()
+        self._loop = None
+        if gevent_patched():
+            import gevent
+            import gevent.event
+
+            self._loop = gevent.get_hub().loop
+            self._ready = gevent.event.Event()
+
+    def put(self, item: Any) -> None:
+        """Deliver `item`; safe from any thread."""
+        self._items.put(item)
+        if self._loop is not None:
+            self._loop.run_callback_threadsafe(self._ready.set)
+
+    def get(self, timeout: float) -> Any:
+        """The next item; raises TimeoutError after `timeout` seconds without one."""
+        if self._loop is None:
+            try:
+                return self._items.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError from None
+        while True:
+            self._ready.clear()
+            try:
+                return self._items.get_nowait()
+            except queue.Empty:
+                pass
+            # A put() after the clear() above sets the event, so no wake-up is lost.
+            if not self._ready.wait(timeout):
+                raise TimeoutError

@@ -1,0 +1,83 @@
+"""Settings read from LLMVIZ_* environment variables; every default lives here."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Server configuration. Field `x` is read from the variable `LLMVIZ_X`."""
+
+    model_root: Path = Path("models")
+    allow_hub: bool = True
+    default_model: str = "gpt2"
+    cache_size: int = 2
+    max_new_tokens: int = 1024
+    cors_origins: tuple[str, ...] = ("*",)
+    device: str = "auto"
+    dtype: str = "auto"
+    max_body_bytes: int = 1024 * 1024
+    max_queue: int = 32
+    sse_ping_seconds: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from the environment, then apply explicit overrides (tests)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = "LLMVIZ_" + f.name.upper()
+            if name not in env:
+                continue
+            values[f.name] = _parse(name, env[name], f.default)
+        settings = replace(cls(), **values, **overrides)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, naming the variable at fault."""
+        if self.device not in DEVICES:
+            raise ValueError(f"LLMVIZ_DEVICE must be one of {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"LLMVIZ_DTYPE must be one of {', '.join(DTYPES)}")
+        for name in ("cache_size", "max_new_tokens", "max_body_bytes", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LLMVIZ_{name.upper()} must be at least 1")
+        if self.sse_ping_seconds <= 0:
+            raise ValueError("LLMVIZ_SSE_PING_SECONDS must be positive")
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    """Convert one variable to the type of its default, with a clear error."""
+    raw = raw.strip()
+    try:
+        if isinstance(default, bool):
+            return _parse_bool(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+        if isinstance(default, tuple):
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
+        return raw
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not valid: {exc}") from None
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")

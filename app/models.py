@@ -1,0 +1,289 @@
+"""The model cache: resolve a client's model_id safely, load once, evict the least used."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from app.concurrency import run_off_hub
+from app.config import Settings
+from app.engine import ModelWorker
+from app.errors import APIError, BadRequest, ModelLoadFailed, ModelNotFound
+
+log = logging.getLogger(__name__)
+
+# Hugging Face repo ids: "name" or "owner/name", letters, digits, "-", "_", ".".
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model_id points: a folder under the model root, or a hub repository."""
+
+    model_id: str
+    source: str
+    local: bool
+
+
+@dataclass
+class LoadedModel:
+    """A model in memory, with the worker thread that owns it."""
+
+    spec: ModelSpec
+    model: Any
+    tokenizer: Any
+    worker: ModelWorker
+    eos_ids: frozenset[int]
+    context_length: int | None
+    load_seconds: float
+    last_used: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary for GET /models."""
+        return {
+            "model_id": self.spec.model_id,
+            "source": "local" if self.spec.local else "hub",
+            "device": str(self.model.device),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "context_length": self.context_length,
+            "load_seconds": round(self.load_seconds, 3),
+            "last_used": self.last_used,
+            **self.worker.stats(),
+        }
+
+
+def resolve(model_id: str, settings: Settings) -> ModelSpec:
+    """Map client input to a model location without ever leaving the model root."""
+    path = PurePosixPath(model_id)
+    if (
+        "\\" in model_id
+        or "\x00" in model_id
+        or path.is_absolute()
+        or Path(model_id).is_absolute()
+        or any(part in ("..", ".") for part in model_id.split("/"))
+    ):
+        raise BadRequest(
+            "model_id must be a folder name under LLMVIZ_MODEL_ROOT or a Hugging Face id; "
+            "absolute paths and '..' are not allowed"
+        )
+    folder = settings.model_root / model_id
+    if folder.is_dir():
+        return ModelSpec(model_id, str(folder), local=True)
+    if not settings.allow_hub:
+        raise ModelNotFound(
+            f"model {model_id!r} is not a folder under LLMVIZ_MODEL_ROOT and "
+            "Hugging Face hub models are turned off (LLMVIZ_ALLOW_HUB=0)"
+        )
+    if not _HUB_ID.match(model_id) or "--" in model_id or ".." in model_id:
+        raise ModelNotFound(f"model {model_id!r} is not a local folder or a valid Hugging Face id")
+    return ModelSpec(model_id, model_id, local=False)
+
+
+def check_available(spec: ModelSpec) -> None:
+    """Fail fast, before any weights are read, when a model cannot exist."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(spec.source, trust_remote_code=False)
+    except OSError as exc:
+        raise ModelNotFound(_not_found_message(spec, exc)) from None
+    except ValueError as exc:
+        raise BadRequest(f"model {spec.model_id!r} cannot be served: {_first_line(exc)}") from None
+
+
+def list_local(root: Path) -> list[str]:
+    """Model ids under the model root: folders (or owner/name folders) with a config.json."""
+    if not root.is_dir():
+        return []
+    found = [*root.glob("*/config.json"), *root.glob("*/*/config.json")]
+    return sorted(str(path.parent.relative_to(root).as_posix()) for path in found)
+
+
+def load(spec: ModelSpec, settings: Settings) -> LoadedModel:
+    """Load tokenizer and weights (slow, blocking); raise an APIError a client can read."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = _pick_device(settings.device, torch)
+    started = time.perf_counter()
+    try:
+        # trust_remote_code stays off: a request must never run code from a repository.
+        tokenizer = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            spec.source, dtype=_pick_dtype(settings.dtype, device, torch), trust_remote_code=False
+        )
+    except OSError as exc:
+        raise ModelNotFound(_not_found_message(spec, exc)) from None
+    except ValueError as exc:  # e.g. a config that is not a causal language model
+        raise BadRequest(f"model {spec.model_id!r} cannot be served: {_first_line(exc)}") from None
+    except Exception as exc:
+        log.exception("loading %s failed", spec.model_id)
+        raise ModelLoadFailed(
+            f"loading model {spec.model_id!r} failed: {_first_line(exc)}"
+        ) from None
+    model.to(device).eval()
+    eos_ids = _eos_ids(model, tokenizer)
+    seconds = time.perf_counter() - started
+    log.info("loaded model %s on %s in %.2fs", spec.model_id, device, seconds)
+    worker = ModelWorker(model, tokenizer, eos_ids, settings.max_queue)
+    return LoadedModel(
+        spec, model, tokenizer, worker, eos_ids, _context_length(model.config), seconds
+    )
+
+
+def _pick_device(setting: str, torch: Any) -> Any:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadFailed("LLMVIZ_DEVICE=cuda but no CUDA device is available")
+    return torch.device(setting)
+
+
+def _pick_dtype(setting: str, device: Any, torch: Any) -> Any:
+    # auto: float32 on CPU (half precision is slow there), the checkpoint's own dtype on GPU.
+    if setting == "auto":
+        return torch.float32 if device.type == "cpu" else "auto"
+    return getattr(torch, setting)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return frozenset()
+    return frozenset([eos] if isinstance(eos, int) else eos)
+
+
+def _context_length(config: Any) -> int | None:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _not_found_message(spec: ModelSpec, exc: OSError) -> str:
+    if spec.local:
+        return f"model folder {spec.model_id!r} has no loadable model: {_first_line(exc)}"
+    return (
+        f"model {spec.model_id!r} is not under LLMVIZ_MODEL_ROOT and could not be loaded "
+        "from the Hugging Face hub (offline, not cached, or no such repository): "
+        f"{_first_line(exc)}"
+    )
+
+
+class _Slot:
+    """A cache entry: a model, or a load in progress that others can wait for."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.model: LoadedModel | None = None
+        self.error: APIError | None = None
+
+
+class ModelCache:
+    """An LRU of loaded models, guarded by one lock.
+
+    Concurrent first requests for a model share one load; a load runs off the
+    gevent hub and never holds the lock, so other models keep serving. A failed
+    load is forgotten, so the next request tries again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slots: OrderedDict[ModelSpec, _Slot] = OrderedDict()
+        self._settings = Settings()
+        self.loads_started = 0
+
+    def configure(self, settings: Settings) -> None:
+        """Adopt the app's settings (capacity, device, dtype, queue size)."""
+        self._settings = settings
+
+    def get(self, spec: ModelSpec, timeout: float | None = None) -> LoadedModel:
+        """Return the model, loading it if needed; waits at most `timeout` seconds."""
+        slot = self.begin(spec)
+        if not slot.ready.wait(timeout):
+            raise TimeoutError
+        if slot.error is not None:
+            raise slot.error
+        assert slot.model is not None
+        slot.model.last_used = time.time()
+        return slot.model
+
+    def peek(self, spec: ModelSpec) -> LoadedModel | None:
+        """The model if it is already in memory, without loading it."""
+        with self._lock:
+            slot = self._slots.get(spec)
+        return slot.model if slot is not None else None
+
+    def begin(self, spec: ModelSpec) -> _Slot:
+        """Start loading `spec` unless it is loaded or loading; return its slot."""
+        with self._lock:
+            slot = self._slots.get(spec)
+            if slot is not None:
+                self._slots.move_to_end(spec)
+                return slot
+            slot = self._slots[spec] = _Slot()
+            self.loads_started += 1
+        threading.Thread(target=self._load, args=(spec, slot), daemon=True).start()
+        return slot
+
+    def loaded(self) -> list[LoadedModel]:
+        """Models in memory, least recently used first."""
+        with self._lock:
+            return [slot.model for slot in self._slots.values() if slot.model is not None]
+
+    def clear(self) -> None:
+        """Unload everything (tests, shutdown)."""
+        with self._lock:
+            slots, self._slots = list(self._slots.values()), OrderedDict()
+        for slot in slots:
+            if slot.model is not None:
+                slot.model.worker.close()
+
+    def _load(self, spec: ModelSpec, slot: _Slot) -> None:
+        try:
+            slot.model = run_off_hub(load, spec, self._settings)
+        except APIError as exc:
+            slot.error = exc
+        except Exception as exc:  # keep the waiting requests informed, whatever happened
+            log.exception("loading %s failed", spec.model_id)
+            slot.error = ModelLoadFailed(f"loading model {spec.model_id!r} failed: {exc}")
+        with self._lock:
+            if slot.error is not None:
+                self._slots.pop(spec, None)
+            evicted = self._evict_over_capacity()
+        slot.ready.set()
+        for old in evicted:
+            log.info("evicting model %s", old.spec.model_id)
+            old.worker.close()
+
+    def _evict_over_capacity(self) -> list[LoadedModel]:
+        loaded = [(spec, s) for spec, s in self._slots.items() if s.model is not None]
+        excess = len(loaded) - self._settings.cache_size
+        evicted = []
+        for spec, slot in loaded[: max(excess, 0)]:
+            del self._slots[spec]
+            evicted.append(slot.model)
+        return evicted
+
+
+cache = ModelCache()
+
+
+def init_app(app: Any) -> None:
+    """Point the module-level cache at this app's settings."""
+    cache.configure(app.config["LLMVIZ"])

@@ -1,0 +1,75 @@
+"""Choosing the next token from logits, one request at a time, reproducibly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens; mirrors the request fields of /generate."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0 means always taking the likeliest token."""
+        return self.temperature == 0
+
+
+class Sampler:
+    """Applies one request's processors and draws from its own random generator.
+
+    A private generator per request keeps a seeded result independent of
+    whatever else the server is generating at the same time.
+    """
+
+    def __init__(self, params: SamplingParams, prompt_ids: list[int], device: torch.device) -> None:
+        self._params = params
+        capacity = len(prompt_ids) + params.max_new_tokens
+        self._seen = torch.zeros((1, capacity), dtype=torch.long, device=device)
+        self._seen[0, : len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
+        self._length = len(prompt_ids)
+        self._shape = LogitsProcessorList()
+        if params.repetition_penalty != 1.0:
+            self._shape.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+        if not params.greedy and params.temperature != 1.0:
+            self._shape.append(TemperatureLogitsWarper(params.temperature))
+        self._truncate = LogitsProcessorList()
+        if params.top_k > 0:
+            self._truncate.append(TopKLogitsWarper(params.top_k))
+        if params.top_p < 1.0:
+            self._truncate.append(TopPLogitsWarper(params.top_p))
+        self._generator = torch.Generator(device=device)
+        if params.seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(params.seed)
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """Pick the next token from a 1-D row of logits and remember it."""
+        seen = self._seen[:, : self._length]
+        scores = self._shape(seen, logits.float().unsqueeze(0))
+        if self._params.greedy:
+            token = scores.argmax(dim=-1)
+        else:
+            probs = self._truncate(seen, scores).softmax(dim=-1)
+            token = torch.multinomial(probs, 1, generator=self._generator)[:, 0]
+        self._seen[0, self._length] = token[0]
+        self._length += 1
+        return int(token.item())

@@ -1,0 +1,117 @@
+"""Run the real gunicorn server on a free loopback port for integration tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition, timeout: float, interval: float = 0.02, message: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+class LiveServer:
+    """`gunicorn -c gunicorn.conf.py wsgi:app` with the given environment."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log", delete=False)
+
+    def start(self) -> LiveServer:
+        """Start gunicorn and wait until /health answers."""
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "wsgi:app",
+        ]
+        self.proc = subprocess.Popen(
+            command, cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        wait_for(self._healthy, timeout=60, interval=0.1, message=f"gunicorn on {self.base}")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            return requests.get(self.url("/health"), timeout=1).ok
+        except requests.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        """Stop gunicorn (SIGTERM, then SIGKILL if it hangs)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def url(self, path: str) -> str:
+        """Absolute URL of `path` on this server."""
+        return self.base + path
+
+    def log(self) -> str:
+        """Everything gunicorn and the app printed so far."""
+        return Path(self._log.name).read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn worker processes (children of the arbiter)."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def worker_cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the workers, all threads included."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.worker_pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / ticks
+
+    def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
