@@ -15,3 +15,16 @@ preload_app = False
 timeout = 60
 graceful_timeout = 30
 keepalive = 5
+# gunicorn 27's control socket is one fixed path per user; several servers on one
+# machine (tests, benchmarks, blue/green) would fight over it.
+control_socket_disable = True
+
+
+def worker_exit(server, worker):
+    """Stop the engine's threads so the worker process can exit at once."""
+    import gevent
+
+    from app import models
+
+    models.cache.clear()
+    gevent.get_hub().threadpool.kill()

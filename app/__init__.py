@@ -18,7 +18,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["LLMVIZ"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # No credentials: an API key travels in a header, never in a cookie.
-    CORS(app, origins=list(settings.cors_origins), supports_credentials=False)
+    CORS(
+        app,
+        origins=list(settings.cors_origins),
+        send_wildcard="*" in settings.cors_origins,
+        supports_credentials=False,
+    )
     errors.init_app(app)
     models.init_app(app)
     app.register_blueprint(api.bp)

@@ -250,6 +250,7 @@ class ModelCache:
         """Unload everything (tests, shutdown)."""
         with self._lock:
             slots, self._slots = list(self._slots.values()), OrderedDict()
+            self.loads_started = 0
         for slot in slots:
             if slot.model is not None:
                 slot.model.worker.close()

@@ -61,9 +61,12 @@ def fresh_cache():
 @pytest.fixture(scope="session")
 def server(model_root):
     """One real `gunicorn -c gunicorn.conf.py wsgi:app` (gevent worker) for the session."""
-    with LiveServer(
-        {"LLMVIZ_MODEL_ROOT": str(model_root), "LLMVIZ_DEFAULT_MODEL": "tiny-gpt2"}
-    ) as live:
+    env = {
+        "LLMVIZ_MODEL_ROOT": str(model_root),
+        "LLMVIZ_DEFAULT_MODEL": "tiny-gpt2",
+        "LLMVIZ_MAX_NEW_TOKENS": "2000",
+    }
+    with LiveServer(env) as live:
         yield live
 
 

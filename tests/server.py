@@ -67,7 +67,7 @@ class LiveServer:
             raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
         try:
             return requests.get(self.url("/health"), timeout=1).ok
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # still booting
             return False
 
     def stop(self) -> None:

@@ -1,0 +1,152 @@
+"""The real gunicorn gevent server over real sockets: seed examples, errors, cache, liveness."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.server import wait_for
+
+
+def test_seed_health(server):
+    response = requests.get(server.url("/health"), timeout=5)
+    assert response.status_code == 200
+    assert response.json() == {"ok": True}
+
+
+def test_seed_tokenize(server):
+    response = requests.post(
+        server.url("/tokenize"), json={"model_id": "tiny-gpt2", "prompt": "Hello world"}, timeout=30
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) >= {"token_ids", "tokens", "count"}
+    assert body["count"] == len(body["token_ids"]) == len(body["tokens"])
+    assert "".join(body["tokens"]) == "Hello world"
+
+
+def test_seed_generate(server):
+    request = {
+        "model_id": "tiny-llama",
+        "prompt": "Once upon a time",
+        "max_new_tokens": 16,
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "repetition_penalty": 1.0,
+    }
+    response = requests.post(server.url("/generate"), json=request, timeout=60)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json()["text"].startswith("Once upon a time")
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ("{oops", 400),
+        ('{"prompt": "x", "max_new_tokens": 0}', 400),
+        ('{"prompt": "x", "temperature": -1}', 400),
+        ('{"prompt": "x", "top_p": 2}', 400),
+        ('{"prompt": "x", "model_id": "../../etc"}', 400),
+        ('{"prompt": "x", "model_id": "nobody/nothing"}', 404),
+        ('{"prompt": "' + "x" * (2 * 1024 * 1024) + '"}', 413),
+    ],
+)
+@pytest.mark.parametrize("path", ["/tokenize", "/generate", "/generate/stream"])
+def test_bad_requests_over_http(server, path, body, status):
+    if path == "/tokenize" and status == 400 and "prompt" in body and "model_id" not in body:
+        status = 200  # /tokenize has no generation parameters: they are ignored extras
+    response = requests.post(
+        server.url(path), data=body, headers={"Content-Type": "application/json"}, timeout=60
+    )
+    assert response.status_code == status, response.text[:300]
+    if status >= 400:
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert isinstance(response.json()["error"], str)
+    assert requests.get(server.url("/health"), timeout=5).json() == {"ok": True}
+
+
+def test_cors_preflight_over_http(server):
+    response = requests.options(
+        server.url("/generate"),
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+        timeout=5,
+    )
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_concurrent_first_requests_load_once(start_server):
+    live = start_server()
+    request = {"model_id": "tiny-llama", "prompt": "Hello", "max_new_tokens": 4}
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(
+            pool.map(
+                lambda _: requests.post(live.url("/generate"), json=request, timeout=60), range(8)
+            )
+        )
+    assert [r.status_code for r in responses] == [200] * 8
+    assert live.log().count("loaded model tiny-llama") == 1
+
+
+def test_lru_eviction_and_failed_load_retry(start_server, model_root, tmp_path):
+    live = start_server(LLMVIZ_CACHE_SIZE="1")
+
+    def tokenize(name):
+        return requests.post(
+            live.url("/tokenize"), json={"model_id": name, "prompt": "x"}, timeout=60
+        )
+
+    assert tokenize("tiny-gpt2").status_code == 200
+    assert tokenize("tiny-llama").status_code == 200
+    loaded = [m["model_id"] for m in requests.get(live.url("/models"), timeout=5).json()["loaded"]]
+    assert loaded == ["tiny-llama"]
+    assert tokenize("tiny-gpt2").status_code == 200
+    assert live.log().count("loaded model tiny-gpt2") == 2
+
+    broken = model_root / "broken-for-a-while"
+    broken.mkdir(exist_ok=True)
+    (broken / "config.json").write_text(json.dumps({"model_type": "nonsense"}))
+    first, second = tokenize("broken-for-a-while"), tokenize("broken-for-a-while")
+    assert first.status_code == second.status_code and first.status_code in (400, 404)
+    assert first.json() == second.json()
+
+
+def test_health_stays_fast_during_a_long_generation(server):
+    request = {"model_id": "slow-gpt2", "prompt": "Hi", "max_new_tokens": 2000}
+    request.update(temperature=0, ignore_eos=True)
+    requests.post(server.url("/generate"), json={**request, "max_new_tokens": 1}, timeout=60)
+    done = threading.Event()
+    result = {}
+
+    def generate():
+        result["response"] = requests.post(server.url("/generate"), json=request, timeout=120)
+        done.set()
+
+    threading.Thread(target=generate, daemon=True).start()
+    wait_for(lambda: done.is_set() or _active(server), timeout=30, message="the generation")
+    assert not done.is_set(), result["response"].text
+    latencies = []
+    while not done.is_set():
+        started = time.perf_counter()
+        assert requests.get(server.url("/health"), timeout=5).status_code == 200
+        latencies.append(time.perf_counter() - started)
+        done.wait(0.02)
+    assert result["response"].status_code == 200
+    assert len(latencies) >= 10, "the generation ended before /health could be probed"
+    # Torch on the hub would stall /health for the whole generation (seconds).
+    assert max(latencies) < 0.5, f"slowest /health took {max(latencies):.3f}s"
+
+
+def _active(server) -> int:
+    loaded = requests.get(server.url("/models"), timeout=5).json()["loaded"]
+    return sum(model["active"] for model in loaded)
