@@ -48,10 +48,11 @@ def tokenize():
 def generate():
     """Generate a continuation and answer with the whole text at once."""
     body = _read_body(GenerateRequest)
-    job = _submit(models.cache.get(_spec(body.model_id)), body)
+    settings = _settings()
+    job = _submit(models.cache.get(_spec(body.model_id)), body, settings)
     pieces = []
     try:
-        for event in job.events(_settings().sse_ping_seconds):
+        for event in job.events(settings.sse_ping_seconds):
             if isinstance(event, TokenEvent | DoneEvent):
                 pieces.append(event.text)
             elif isinstance(event, ErrorEvent):
@@ -66,13 +67,14 @@ def generate():
 def generate_stream():
     """Generate a continuation as Server-Sent Events, one event per piece of text."""
     body = _read_body(GenerateRequest)
+    settings = _settings()
     spec = _spec(body.model_id)
     job = None
     if (lm := models.cache.peek(spec)) is not None:
-        job = _submit(lm, body)  # every error is still a plain JSON answer here
+        job = _submit(lm, body, settings)  # every error is still a plain JSON answer here
     else:
         run_off_hub(models.check_available, spec)  # an unknown model is a 404, not an event
-    stream = _stream(spec, body, job, _settings().sse_ping_seconds)
+    stream = _stream(spec, body, job, settings)
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS)
 
 
@@ -88,14 +90,15 @@ def list_models():
 
 
 def _stream(
-    spec: ModelSpec, body: GenerateRequest, job: GenerationJob | None, ping: float
+    spec: ModelSpec, body: GenerateRequest, job: GenerationJob | None, settings: Settings
 ) -> Iterator[bytes]:
     # Values are passed in: the request context is gone by the time this runs.
+    ping = settings.sse_ping_seconds
     try:
         yield sse.format_event(body.prompt) if body.return_full_text else b""  # headers now
         if job is None:
             lm = yield from _await_model(spec, ping)
-            job = _submit(lm, body)
+            job = _submit(lm, body, settings)
         for event in job.events(ping):
             if event is None:
                 yield sse.format_comment("ping")
@@ -126,8 +129,7 @@ def _error_event(exc: APIError) -> bytes:
     return sse.format_event(json.dumps(exc.to_dict()), event="error")
 
 
-def _submit(lm: LoadedModel, body: GenerateRequest) -> GenerationJob:
-    settings = _settings()
+def _submit(lm: LoadedModel, body: GenerateRequest, settings: Settings) -> GenerationJob:
     if body.max_new_tokens > settings.max_new_tokens:
         raise BadRequest(
             f"max_new_tokens must be at most {settings.max_new_tokens} (LLMVIZ_MAX_NEW_TOKENS)"

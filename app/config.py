@@ -25,6 +25,7 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     max_body_bytes: int = 1024 * 1024
+    max_batch: int = 8
     max_queue: int = 32
     sse_ping_seconds: float = 10.0
 
@@ -48,7 +49,7 @@ class Settings:
             raise ValueError(f"LLMVIZ_DEVICE must be one of {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"LLMVIZ_DTYPE must be one of {', '.join(DTYPES)}")
-        for name in ("cache_size", "max_new_tokens", "max_body_bytes", "max_queue"):
+        for name in ("cache_size", "max_new_tokens", "max_body_bytes", "max_batch", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LLMVIZ_{name.upper()} must be at least 1")
         if self.sse_ping_seconds <= 0:

@@ -131,7 +131,7 @@ def load(spec: ModelSpec, settings: Settings) -> LoadedModel:
     eos_ids = _eos_ids(model, tokenizer)
     seconds = time.perf_counter() - started
     log.info("loaded model %s on %s in %.2fs", spec.model_id, device, seconds)
-    worker = ModelWorker(model, tokenizer, eos_ids, settings.max_queue)
+    worker = ModelWorker(model, tokenizer, eos_ids, settings.max_batch, settings.max_queue)
     return LoadedModel(
         spec, model, tokenizer, worker, eos_ids, _context_length(model.config), seconds
     )
