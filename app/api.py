@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -14,6 +14,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from app import models, sse
 from app.concurrency import run_off_hub
 from app.config import Settings
+from app.connection import disconnect_probe
 from app.decoding import token_pieces
 from app.engine import DoneEvent, ErrorEvent, GenerationJob, TokenEvent, WorkerClosed
 from app.errors import APIError, BadRequest, Overloaded, PayloadTooLarge
@@ -74,7 +75,7 @@ def generate_stream():
         job = _submit(lm, body, settings)  # every error is still a plain JSON answer here
     else:
         run_off_hub(models.check_available, spec)  # an unknown model is a 404, not an event
-    stream = _stream(spec, body, job, settings)
+    stream = _stream(spec, body, job, settings, disconnect_probe(request.environ))
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS)
 
 
@@ -90,7 +91,11 @@ def list_models():
 
 
 def _stream(
-    spec: ModelSpec, body: GenerateRequest, job: GenerationJob | None, settings: Settings
+    spec: ModelSpec,
+    body: GenerateRequest,
+    job: GenerationJob | None,
+    settings: Settings,
+    client_gone: Callable[[], bool],
 ) -> Iterator[bytes]:
     # Values are passed in: the request context is gone by the time this runs.
     ping = settings.sse_ping_seconds
@@ -100,6 +105,8 @@ def _stream(
             lm = yield from _await_model(spec, ping)
             job = _submit(lm, body, settings)
         for event in job.events(ping):
+            if client_gone():
+                return  # `finally` cancels the job
             if event is None:
                 yield sse.format_comment("ping")
             elif isinstance(event, ErrorEvent):

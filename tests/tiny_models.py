@@ -51,6 +51,14 @@ def _corpus(repeat: int = 20) -> list[str]:
     return lines
 
 
+def _synthetic_lines(count: int = 4000) -> list[str]:
+    """Random words, enough for a byte-level BPE to reach GPT-2's 50,257 tokens."""
+    rng = random.Random(1)
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(60000)]
+    return [" ".join(rng.choice(words) for _ in range(60)) for _ in range(count)]
+
+
 def build_gpt2_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     """Byte-level BPE, as GPT-2: spaces are part of the following token ("Ġworld")."""
     tok = Tokenizer(models.BPE())
@@ -62,7 +70,8 @@ def build_gpt2_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    lines = _corpus() + (_synthetic_lines() if vocab_size > 1000 else [])
+    tok.train_from_iterator(lines, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|endoftext|>",
@@ -135,11 +144,11 @@ def save_gpt2(
     vocab_size: int | None = None,
     seed: int = 0,
 ) -> Path:
-    """Save a tiny GPT-2 (or, with GPT-2 small's sizes, a full-size one) under `path`."""
-    tokenizer = build_gpt2_tokenizer()
+    """Save a GPT-2 under `path`: tiny by default, any size on request."""
+    tokenizer = build_gpt2_tokenizer(vocab_size or 400)
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=vocab_size or len(tokenizer),
+        vocab_size=len(tokenizer),
         n_positions=n_positions,
         n_embd=n_embd,
         n_layer=n_layer,
@@ -179,3 +188,8 @@ def save_llama(
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def save_gpt2_small_shape(path: Path) -> Path:
+    """Random weights in GPT-2 small's exact shape (124M parameters, 50,257 tokens)."""
+    return save_gpt2(path, n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)

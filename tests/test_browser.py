@@ -1,0 +1,88 @@
+"""A real browser on another origin: tokenize, stream with fetch, abort with AbortController."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.server import wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.browser
+
+if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install chromium); browser test skipped",
+        allow_module_level=True,
+    )
+sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+
+
+@pytest.fixture(scope="module")
+def page_origin():
+    """Serve tests/browser/ on its own port: a different origin from the API server."""
+    handler = functools.partial(
+        SimpleHTTPRequestHandler, directory=str(Path(__file__).parent / "browser")
+    )
+    handler.log_message = lambda *args: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def page(page_origin):
+    """A headless Chromium tab showing the test page."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        tab = browser.new_page()
+        tab.goto(page_origin + "/page.html")
+        yield tab
+        browser.close()
+
+
+def _stats(server, model_id):
+    loaded = requests.get(server.url("/models"), timeout=5).json()["loaded"]
+    return next(m for m in loaded if m["model_id"] == model_id)
+
+
+def test_tokenize_from_another_origin(page, server):
+    result = page.evaluate(
+        "([base, body]) => tokenize(base, body)",
+        [server.base, {"model_id": "tiny-llama", "prompt": "Hello world"}],
+    )
+    assert result["status"] == 200
+    assert "".join(result["body"]["tokens"]) == "<s> Hello world"
+
+
+def test_stream_from_another_origin_matches_generate(page, server):
+    body = {"model_id": "tiny-gpt2", "prompt": "Hello 🦙\nworld", "max_new_tokens": 30}
+    body["temperature"] = 0
+    expected = requests.post(server.url("/generate"), json=body, timeout=60).json()["text"]
+    result = page.evaluate("([base, body]) => stream(base, body, 0)", [server.base, body])
+    assert result["status"] == 200
+    assert result["events"][0] == body["prompt"]
+    assert "".join(result["events"]) == expected
+
+
+def test_abort_stops_the_server(page, server):
+    body = {"model_id": "slow-gpt2", "prompt": "Hi", "max_new_tokens": 2000}
+    body.update(temperature=0, ignore_eos=True)
+    requests.post(server.url("/generate"), json={**body, "max_new_tokens": 1}, timeout=60)
+    before = _stats(server, "slow-gpt2")["generated_tokens"]
+    result = page.evaluate("([base, body]) => stream(base, body, 5)", [server.base, body])
+    assert result["aborted"] and len(result["events"]) >= 5
+    wait_for(lambda: _stats(server, "slow-gpt2")["active"] == 0, timeout=10, message="stop")
+    made = _stats(server, "slow-gpt2")["generated_tokens"] - before
+    assert made < 200, f"the server made {made} tokens for a reader that aborted after 4"
