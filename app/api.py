@@ -75,6 +75,7 @@ def generate_stream():
         job = _submit(lm, body, settings)  # every error is still a plain JSON answer here
     else:
         run_off_hub(models.check_available, spec)  # an unknown model is a 404, not an event
+        models.cache.begin(spec)  # load while the headers go out
     stream = _stream(spec, body, job, settings, disconnect_probe(request.environ))
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS)
 

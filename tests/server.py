@@ -110,6 +110,14 @@ class LiveServer:
             total += int(fields[11]) + int(fields[12])
         return total / ticks
 
+    def worker_threads(self) -> int:
+        """OS threads in the workers: the engine's model threads and torch's pools."""
+        total = 0
+        for pid in self.worker_pids():
+            status = Path(f"/proc/{pid}/status").read_text()
+            total += int(status.split("Threads:")[1].split()[0])
+        return total
+
     def __enter__(self) -> LiveServer:
         return self.start()
 

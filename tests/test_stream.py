@@ -72,8 +72,9 @@ def test_tokens_arrive_while_the_generation_is_still_running(server):
 def test_disconnect_stops_the_generation(server):
     body = {"model_id": "slow-gpt2", "prompt": "Hi", "max_new_tokens": 2000}
     body.update(temperature=0, ignore_eos=True)
-    _post_stream(server, {**body, "max_new_tokens": 1}).close()  # load before measuring
+    requests.post(server.url("/generate"), json={**body, "max_new_tokens": 1}, timeout=60)
     before = _stats(server, "slow-gpt2")["generated_tokens"]
+    threads = server.worker_threads()
     response = _post_stream(server, body)
     events = stream_events(response)
     for _ in range(4):
@@ -87,6 +88,7 @@ def test_disconnect_stops_the_generation(server):
     time.sleep(1.0)  # a measurement window, not a wait for a condition
     assert server.worker_cpu_seconds() - cpu_before < 0.3
     assert _stats(server, "slow-gpt2")["generated_tokens"] - before == made
+    assert server.worker_threads() == threads  # the request left no thread behind
 
 
 def test_unknown_model_and_bad_input_are_plain_json(server):
@@ -169,3 +171,22 @@ def test_pings_while_waiting_and_no_heartbeat_timeout(start_server):
         for _ in first_events:
             pass
     assert "WORKER TIMEOUT" not in live.log()
+
+
+def test_full_queue_is_503_while_admitted_requests_finish(start_server):
+    live = start_server(LLMVIZ_MAX_BATCH="1", LLMVIZ_MAX_QUEUE="1", LLMVIZ_MAX_NEW_TOKENS="2000")
+    body = {"model_id": "slow-gpt2", "prompt": "A", "max_new_tokens": 800}
+    body.update(temperature=0, ignore_eos=True)
+    requests.post(live.url("/generate"), json={**body, "max_new_tokens": 1}, timeout=60)
+    running = _post_stream(live, body)
+    running_events = stream_events(running)
+    next(running_events)
+    wait_for(lambda: _stats(live, "slow-gpt2")["active"] == 1, timeout=10, message="running")
+    waiting = _post_stream(live, {**body, "max_new_tokens": 3})
+    wait_for(lambda: _stats(live, "slow-gpt2")["queued"] == 1, timeout=10, message="queued")
+    refused = requests.post(live.url("/generate"), json=body, timeout=30)
+    assert refused.status_code == 503
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert "LLMVIZ_MAX_QUEUE" in refused.json()["error"]
+    assert len(message_data(running_events)) == 800  # the admitted requests still complete
+    assert len(message_data(parse(waiting.content.decode()))) == 4
