@@ -26,5 +26,5 @@ def worker_exit(server, worker):
 
     from app import models
 
-    models.cache.clear()
+    models.cache.shutdown()
     gevent.get_hub().threadpool.kill()

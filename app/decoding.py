@@ -35,6 +35,17 @@ class IncrementalDecoder:
             return after[len(before) :]
         return ""
 
+    def peek(self, token_ids: list[int]) -> list[str]:
+        """The text each of these ids would add next, without adding any of them."""
+        window = self._ids[self._prefix :]
+        before = self._decode(self._ids[self._prefix : self._read])
+        texts = []
+        for token_id in token_ids:
+            after = self._decode([*window, token_id])
+            complete = len(after) > len(before) and not after.endswith(REPLACEMENT_CHAR)
+            texts.append(after[len(before) :] if complete else "")
+        return texts
+
     def flush(self) -> str:
         """Return whatever is still held back, even if it is not valid text."""
         if self._read == len(self._ids):
@@ -57,3 +68,21 @@ def token_pieces(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:
     if pieces:
         pieces[-1] += decoder.flush()
     return pieces
+
+
+def shared_spans(pieces: Sequence[str], offsets: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Character spans per token, where the tokens of one split character share its span.
+
+    `offsets` come from the tokenizer; a token whose piece is "" (part of a
+    character completed by a later token) takes the span of the whole group.
+    """
+    spans: list[list[int]] = []
+    group: list[tuple[int, int]] = []
+    for index, (piece, span) in enumerate(zip(pieces, offsets, strict=True)):
+        group.append(tuple(span))
+        if piece == "" and index < len(pieces) - 1:
+            continue
+        union = [min(start for start, _ in group), max(end for _, end in group)]
+        spans.extend([list(union) for _ in group])
+        group = []
+    return spans

@@ -1,7 +1,7 @@
 """The generation engine: one OS thread per loaded model, fed by a queue.
 
-Request handlers never run torch. They submit a `GenerationJob` to the model's
-`ModelWorker` and read its events from a `Mailbox`. The worker checks each
+Request handlers never run torch. They submit a `GenerationJob` (app/jobs.py)
+to the model's `ModelWorker` and read its events from the job. The worker checks each
 job's cancel flag before every decoding step, so a request whose reader has
 gone stops within one step.
 """
@@ -10,113 +10,17 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from app.concurrency import Mailbox, NativeQueue, native_lock, start_native_thread
-from app.decoding import IncrementalDecoder
+from app.concurrency import NativeQueue, native_lock, start_native_thread
 from app.errors import Overloaded
-from app.generation import sample_tokens
-from app.sampling import SamplingParams
+from app.jobs import GenerationJob
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TokenEvent:
-    """One generated token and the text it completes (often "" mid-character)."""
-
-    token_id: int
-    text: str
-
-
-@dataclass(frozen=True)
-class DoneEvent:
-    """The generation ended; `text` is whatever the decoder still held back."""
-
-    finish_reason: str  # "length", "eos" or "cancelled"
-    prompt_tokens: int
-    generated_tokens: int
-    text: str = ""
-
-
-@dataclass(frozen=True)
-class ErrorEvent:
-    """The generation failed after it started."""
-
-    message: str
-
-
-Event = TokenEvent | DoneEvent | ErrorEvent
-
-
 class WorkerClosed(RuntimeError):
     """The model was unloaded before the job could be queued; load it again."""
-
-
-class GenerationJob:
-    """One request's generation, shared by the request handler and the worker thread."""
-
-    def __init__(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        self.prompt_ids = prompt_ids
-        self.params = params
-        self.cancelled = False  # set by the handler, read by the worker (atomic under the GIL)
-        self.generated = 0  # live count, read by stats()
-        self._mailbox = Mailbox()
-        self._tokens: Iterator[int] | None = None
-        self._decoder: IncrementalDecoder | None = None
-        self._eos_ids: frozenset[int] = frozenset()
-
-    # -- the request handler's side --
-
-    def events(self, ping_seconds: float) -> Iterator[Event | None]:
-        """Yield events until the job ends; None marks `ping_seconds` of silence."""
-        while True:
-            try:
-                event = self._mailbox.get(ping_seconds)
-            except TimeoutError:
-                yield None
-                continue
-            yield event
-            if not isinstance(event, TokenEvent):
-                return
-
-    def cancel(self) -> None:
-        """Ask the worker to stop this job before its next step."""
-        self.cancelled = True
-
-    # -- the worker thread's side --
-
-    def begin(self, model: Any, tokenizer: Any, eos_ids: frozenset[int]) -> None:
-        """Prepare to generate; the prompt is processed at the first `advance`."""
-        self._tokens = sample_tokens(model, self.prompt_ids, self.params, eos_ids)
-        self._decoder = IncrementalDecoder(tokenizer, self.prompt_ids)
-        self._eos_ids = eos_ids
-
-    def advance(self) -> bool:
-        """Make one token and post it; False once the job has ended."""
-        if self.cancelled:
-            return self._finish("cancelled")
-        token_id = next(self._tokens)
-        self.generated += 1
-        if token_id in self._eos_ids and not self.params.ignore_eos:
-            return self._finish("eos")
-        self._mailbox.put(TokenEvent(token_id, self._decoder.push(token_id)))
-        if self.generated == self.params.max_new_tokens:
-            return self._finish("length")
-        return True
-
-    def fail(self, message: str) -> None:
-        """Report a failure to the waiting handler and drop the job's state."""
-        self._tokens = None
-        self._mailbox.put(ErrorEvent(message))
-
-    def _finish(self, reason: str) -> bool:
-        tail = self._decoder.flush() if self._decoder is not None else ""
-        self._tokens = None  # frees the KV cache now, not when the handler lets go
-        self._mailbox.put(DoneEvent(reason, len(self.prompt_ids), self.generated, tail))
-        return False
 
 
 class ModelWorker:
@@ -137,7 +41,10 @@ class ModelWorker:
         self._inbox = NativeQueue()
         self._lock = native_lock()
         self._closed = False
+        self._cancel_new = False
         self._running: list[GenerationJob] = []
+        self._alive = native_lock()  # held by the thread while it runs; see join()
+        self._alive.acquire()
         self.queued = 0
         self.completed_jobs = 0
         self._finished_tokens = 0
@@ -156,13 +63,24 @@ class ModelWorker:
             self.queued += 1
         self._inbox.put(job)
 
-    def close(self) -> None:
-        """Finish the queued jobs, then stop the thread and drop the model."""
+    def close(self, cancel: bool = False) -> None:
+        """Stop taking jobs; finish (or with `cancel`, abandon) the accepted ones, then exit."""
         with self._lock:
+            if cancel:
+                for job in self._running:
+                    job.cancel()
+                self._cancel_new = True
             if self._closed:
                 return
             self._closed = True
         self._inbox.put(None)
+
+    def join(self, timeout: float) -> bool:
+        """Wait until the thread has exited; False if it is still running after `timeout`."""
+        if self._alive.acquire(timeout=timeout):
+            self._alive.release()
+            return True
+        return False
 
     def stats(self) -> dict[str, int]:
         """Counters for /models and the tests."""
@@ -183,6 +101,7 @@ class ModelWorker:
                 if not self._advance(job):
                     self._retire(job)
         self._release()
+        self._alive.release()
 
     def _admit(self) -> bool:
         """Move queued jobs into the running set; True when the close marker was reached."""
@@ -194,6 +113,8 @@ class ModelWorker:
                 return False
             if job is None:
                 return True
+            if self._cancel_new:
+                job.cancel()
             job.begin(self._model, self._tokenizer, self._eos_ids)
             with self._lock:
                 self.queued -= 1

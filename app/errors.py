@@ -49,6 +49,10 @@ class ModelLoadFailed(APIError):
     status, code = 500, "model_load_failed"
 
 
+class GenerationFailed(APIError):
+    status, code = 500, "generation_failed"
+
+
 def _json(payload: dict[str, str], status: int, headers: dict[str, str] | None = None):
     response = jsonify(payload)
     response.status_code = status

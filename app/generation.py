@@ -9,14 +9,14 @@ from functools import cache
 import torch
 from transformers import DynamicCache
 
-from app.sampling import Sampler, SamplingParams
+from app.sampling import Choice, Sampler, SamplingParams
 
 
 @torch.inference_mode()
 def sample_tokens(
     model: torch.nn.Module, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int]
-) -> Iterator[int]:
-    """Yield generated token ids; stops at end-of-sequence unless told to ignore it.
+) -> Iterator[Choice]:
+    """Yield each generated token; stops at end-of-sequence unless told to ignore it.
 
     The caller may stop iterating between two tokens: that is how a request is
     cancelled, and the KV cache is dropped with the generator.
@@ -28,8 +28,9 @@ def sample_tokens(
     # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
     out = model(torch.tensor([prompt_ids], device=device), use_cache=True, logits_to_keep=1, **kv)
     for step in range(params.max_new_tokens):
-        token = sampler.choose(out.logits[0, -1])
-        yield token
+        choice = sampler.choose(out.logits[0, -1])
+        yield choice
+        token = choice.token_id
         if (token in eos_ids and not params.ignore_eos) or step + 1 == params.max_new_tokens:
             return
         out = model(torch.tensor([[token]], device=device), use_cache=True, **kv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
 import threading
@@ -246,14 +247,25 @@ class ModelCache:
         with self._lock:
             return [slot.model for slot in self._slots.values() if slot.model is not None]
 
-    def clear(self) -> None:
-        """Unload everything (tests, shutdown)."""
+    def clear(self, cancel: bool = False, timeout: float = 0.0) -> None:
+        """Unload everything; with `cancel`, abandon running work. Waits up to `timeout`."""
         with self._lock:
             slots, self._slots = list(self._slots.values()), OrderedDict()
             self.loads_started = 0
-        for slot in slots:
-            if slot.model is not None:
-                slot.model.worker.close()
+        workers = [slot.model.worker for slot in slots if slot.model is not None]
+        for worker in workers:
+            worker.close(cancel=cancel)
+        for worker in workers if timeout > 0 else ():
+            if not worker.join(timeout):
+                log.warning("a model thread did not stop within %.1fs", timeout)
+
+    def shutdown(self) -> None:
+        """Stop every model thread before the process exits.
+
+        An interpreter that exits while a native thread is inside torch aborts
+        ("terminate called without an active exception"), so cancel and wait.
+        """
+        self.clear(cancel=True, timeout=10.0)
 
     def _load(self, spec: ModelSpec, slot: _Slot) -> None:
         try:
@@ -283,6 +295,7 @@ class ModelCache:
 
 
 cache = ModelCache()
+atexit.register(cache.shutdown)
 
 
 def init_app(app: Any) -> None:

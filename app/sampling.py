@@ -25,11 +25,22 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     ignore_eos: bool = False
+    logprobs: bool = False  # report the chosen token's log-probability
+    top_logprobs: int = 0  # ... and this many likeliest alternatives
 
     @property
     def greedy(self) -> bool:
         """Temperature 0 means always taking the likeliest token."""
         return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A chosen token and, when asked for, its log-probability and the likeliest alternatives."""
+
+    token_id: int
+    logprob: float | None = None
+    top: tuple[tuple[int, float], ...] = ()
 
 
 class Sampler:
@@ -61,7 +72,7 @@ class Sampler:
         else:
             self._generator.manual_seed(params.seed)
 
-    def choose(self, logits: torch.Tensor) -> int:
+    def choose(self, logits: torch.Tensor) -> Choice:
         """Pick the next token from a 1-D row of logits and remember it."""
         seen = self._seen[:, : self._length]
         scores = self._shape(seen, logits.float().unsqueeze(0))
@@ -72,4 +83,15 @@ class Sampler:
             token = torch.multinomial(probs, 1, generator=self._generator)[:, 0]
         self._seen[0, self._length] = token[0]
         self._length += 1
-        return int(token.item())
+        if not self._params.logprobs:
+            return Choice(int(token.item()))
+        return self._with_logprobs(scores[0], int(token.item()))
+
+    def _with_logprobs(self, scores: torch.Tensor, token_id: int) -> Choice:
+        # The distribution after temperature and repetition penalty, before top-k/top-p.
+        logprobs = scores.log_softmax(dim=-1)
+        top: tuple[tuple[int, float], ...] = ()
+        if self._params.top_logprobs:
+            values, ids = logprobs.topk(self._params.top_logprobs)
+            top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+        return Choice(token_id, float(logprobs[token_id]), top)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.errors import BadRequest
 
-__all__ = ["GenerateRequest", "TokenizeRequest", "parse_body"]
+__all__ = ["DetokenizeRequest", "GenerateRequest", "TokenizeRequest", "parse_body"]
 
 
 class _Body(BaseModel):
@@ -18,16 +18,46 @@ class _Body(BaseModel):
     )
 
 
-class TokenizeRequest(_Body):
+class ChatMessage(BaseModel):
+    """One turn of a conversation, rendered with the model's chat template."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    role: str = Field(min_length=1, max_length=64, description="system, user, assistant, ...")
+    content: str = Field(description="The message text.")
+
+
+class _PromptBody(_Body):
+    prompt: str | None = Field(None, description="Input text.")
+    messages: list[ChatMessage] | None = Field(
+        None, min_length=1, max_length=256, description="A chat, instead of `prompt`."
+    )
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> _PromptBody:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` and `messages`")
+        return self
+
+
+class TokenizeRequest(_PromptBody):
     """Body of POST /tokenize."""
 
-    prompt: str = Field(description="Text to tokenize.")
+    add_special_tokens: bool | None = Field(
+        None, description="Add BOS/EOS as the tokenizer does by default; null means its default."
+    )
 
 
-class GenerateRequest(_Body):
+class DetokenizeRequest(_Body):
+    """Body of POST /detokenize."""
+
+    token_ids: list[int] = Field(max_length=1_000_000, description="Token ids to decode.")
+    skip_special_tokens: bool = Field(True, description="Leave out BOS, EOS and the like.")
+
+
+class GenerateRequest(_PromptBody):
     """Body of POST /generate and POST /generate/stream."""
 
-    prompt: str = Field(description="Input text.")
     max_new_tokens: int = Field(128, ge=1, description="Most tokens to generate.")
     temperature: float = Field(0.7, ge=0, description="0 means greedy decoding.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
@@ -35,7 +65,18 @@ class GenerateRequest(_Body):
     repetition_penalty: float = Field(1.0, gt=0, description="1.0 means no penalty.")
     seed: int | None = Field(None, ge=0, lt=2**63, description="Seed for reproducible sampling.")
     ignore_eos: bool = Field(False, description="Keep generating past end-of-sequence.")
+    stop: list[str] = Field(
+        default_factory=list, max_length=8, description="End at the first of these strings."
+    )
     return_full_text: bool = Field(True, description="Prefix the prompt to the answer.")
+    details: bool = Field(False, description="Add per-token ids, logprobs and timing.")
+    top_logprobs: int = Field(0, ge=0, le=20, description="Alternatives per token (details).")
+
+    @model_validator(mode="after")
+    def _check_stop(self) -> GenerateRequest:
+        if any(not s or len(s) > 256 for s in self.stop):
+            raise ValueError("stop strings must be 1 to 256 characters long")
+        return self
 
 
 def parse_body(model: type[_Body], payload: object) -> _Body:
@@ -52,5 +93,6 @@ def _describe(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors(include_url=False):
         where = ".".join(str(part) for part in err["loc"]) or "body"
-        problems.append(f"{where}: {err['msg']}")
+        message = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}")
     return "invalid request: " + "; ".join(problems)

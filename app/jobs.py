@@ -1,0 +1,179 @@
+"""One generation request as the engine runs it: its events, timing and cancel flag.
+
+The request handler reads events with `events()` and may `cancel()`; the
+model's worker thread calls `begin()` once and then `advance()` once per token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.concurrency import Mailbox
+from app.decoding import IncrementalDecoder
+from app.generation import sample_tokens
+from app.sampling import Choice, SamplingParams
+from app.stopping import StopMatcher
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """A token the model could have chosen at this step."""
+
+    token_id: int
+    text: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token.
+
+    `text` is what a plain stream sends (held back near a possible stop string,
+    "" mid-character); `piece` is the text the token itself completes.
+    """
+
+    token_id: int
+    text: str
+    piece: str
+    special: bool
+    logprob: float | None = None
+    top: tuple[Alternative, ...] = ()
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """The generation ended; `text` is the last text to send (held back until now)."""
+
+    finish_reason: str  # "length", "eos", "stop" or "cancelled"
+    prompt_tokens: int
+    generated_tokens: int
+    text: str = ""
+    timing: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """The generation failed after it started."""
+
+    message: str
+
+
+Event = TokenEvent | DoneEvent | ErrorEvent
+
+
+class GenerationJob:
+    """One request's generation, shared by the request handler and the worker thread."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...] = ()):
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.cancelled = False  # set by the handler, read by the worker (atomic under the GIL)
+        self.generated = 0  # live count, read by the worker's stats
+        self._mailbox = Mailbox()
+        self._stop = StopMatcher(stop)
+        self._times = {"submitted": time.perf_counter()}
+        self._tokens: Iterator[Choice] | None = None
+        self._decoder: IncrementalDecoder | None = None
+        self._eos_ids: frozenset[int] = frozenset()
+        self._special_ids: frozenset[int] = frozenset()
+
+    # -- the request handler's side --
+
+    def events(self, ping_seconds: float) -> Iterator[Event | None]:
+        """Yield events until the job ends; None marks `ping_seconds` of silence."""
+        while True:
+            try:
+                event = self._mailbox.get(ping_seconds)
+            except TimeoutError:
+                yield None
+                continue
+            yield event
+            if not isinstance(event, TokenEvent):
+                return
+
+    def cancel(self) -> None:
+        """Ask the worker to stop this job before its next step."""
+        self.cancelled = True
+
+    # -- the worker thread's side --
+
+    def begin(self, model: Any, tokenizer: Any, eos_ids: frozenset[int]) -> None:
+        """Prepare to generate; the prompt is processed at the first `advance`."""
+        self._times["admitted"] = time.perf_counter()
+        self._tokens = sample_tokens(model, self.prompt_ids, self.params, eos_ids)
+        self._decoder = IncrementalDecoder(tokenizer, self.prompt_ids)
+        self._eos_ids = eos_ids
+        self._special_ids = frozenset(tokenizer.all_special_ids)
+
+    def advance(self) -> bool:
+        """Make one token and post it; False once the job has ended."""
+        if self.cancelled:
+            return self._finish("cancelled")
+        choice = next(self._tokens)
+        self._times.setdefault("first_token", time.perf_counter())
+        self.generated += 1
+        token_id = choice.token_id
+        top = self._alternatives(choice)
+        if token_id in self._eos_ids and not self.params.ignore_eos:
+            self._post_token(choice, "", self._decoder.peek([token_id])[0], top)
+            return self._finish("eos")
+        piece = self._decoder.push(token_id)
+        text, stopped = self._stop.feed(piece)
+        self._post_token(choice, text, piece, top)
+        if stopped:
+            return self._finish("stop")
+        if self.generated == self.params.max_new_tokens:
+            return self._finish("length")
+        return True
+
+    def fail(self, message: str) -> None:
+        """Report a failure to the waiting handler and drop the job's state."""
+        self._tokens = None
+        self._mailbox.put(ErrorEvent(message))
+
+    def _alternatives(self, choice: Choice) -> tuple[Alternative, ...]:
+        if not choice.top:
+            return ()
+        texts = self._decoder.peek([token_id for token_id, _ in choice.top])
+        return tuple(
+            Alternative(token_id, text, logprob)
+            for (token_id, logprob), text in zip(choice.top, texts, strict=True)
+        )
+
+    def _post_token(self, choice: Choice, text: str, piece: str, top: tuple) -> None:
+        special = choice.token_id in self._special_ids
+        event = TokenEvent(choice.token_id, text, piece, special, choice.logprob, top)
+        self._mailbox.put(event)
+
+    def _finish(self, reason: str) -> bool:
+        tail = ""
+        if reason != "stop" and self._decoder is not None:
+            tail, stopped = self._stop.feed(self._decoder.flush())
+            if stopped:
+                reason = "stop"
+            else:
+                tail += self._stop.flush()
+        self._tokens = None  # frees the KV cache now, not when the handler lets go
+        self._times["finished"] = time.perf_counter()
+        done = DoneEvent(reason, len(self.prompt_ids), self.generated, tail, self._timing())
+        self._mailbox.put(done)
+        return False
+
+    def _timing(self) -> dict[str, float | None]:
+        t = self._times
+        admitted, first = t.get("admitted"), t.get("first_token")
+
+        def ms(start: float | None, end: float | None) -> float | None:
+            return None if start is None or end is None else round((end - start) * 1000, 3)
+
+        running = t["finished"] - admitted if admitted is not None else 0.0
+        return {
+            "queue_ms": ms(t["submitted"], admitted),
+            "prefill_ms": ms(admitted, first),
+            "ttft_ms": ms(t["submitted"], first),
+            "total_ms": ms(t["submitted"], t["finished"]),
+            "tokens_per_s": round(self.generated / running, 3) if running > 0 else None,
+        }
