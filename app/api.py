@@ -14,7 +14,7 @@ from app import models, responses, sse
 from app.concurrency import run_off_hub
 from app.config import Settings
 from app.connection import disconnect_probe
-from app.decoding import shared_spans, token_pieces
+from app.decoding import char_spans, token_pieces
 from app.engine import WorkerClosed
 from app.errors import APIError, BadRequest, GenerationFailed, Overloaded, PayloadTooLarge
 from app.jobs import DoneEvent, ErrorEvent, GenerationJob, TokenEvent
@@ -213,13 +213,13 @@ def _tokenize(lm: LoadedModel, body: TokenizeRequest) -> dict[str, Any]:
     ids = encoding["input_ids"]
     pieces = token_pieces(tokenizer, ids)
     special_ids = set(tokenizer.all_special_ids)
-    offsets = encoding.get("offset_mapping")
+    special = [token_id in special_ids for token_id in ids]
     return {
         "token_ids": ids,
         "tokens": pieces,
         "count": len(ids),
-        "offsets": shared_spans(pieces, offsets) if offsets is not None else None,
-        "special": [token_id in special_ids for token_id in ids],
+        "offsets": char_spans(prompt, pieces, special, encoding.get("offset_mapping")),
+        "special": special,
         "prompt": prompt if body.messages is not None else None,
     }
 

@@ -70,19 +70,50 @@ def token_pieces(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:
     return pieces
 
 
-def shared_spans(pieces: Sequence[str], offsets: Sequence[tuple[int, int]]) -> list[list[int]]:
-    """Character spans per token, where the tokens of one split character share its span.
+def char_spans(
+    text: str,
+    pieces: Sequence[str],
+    special: Sequence[bool],
+    offsets: Sequence[tuple[int, int]] | None,
+) -> list[list[int]]:
+    """The `[start, end)` characters of `text` behind each token.
 
-    `offsets` come from the tokenizer; a token whose piece is "" (part of a
-    character completed by a later token) takes the span of the whole group.
+    Tokens are walked along the text so that each span slices out exactly the
+    token's piece; the tokens of one split character share its span; a special
+    token, or a space the tokenizer added (SentencePiece), gets an empty span.
+    Where a normalizer changed the text, the tokenizer's own `offsets` are used.
     """
     spans: list[list[int]] = []
-    group: list[tuple[int, int]] = []
-    for index, (piece, span) in enumerate(zip(pieces, offsets, strict=True)):
-        group.append(tuple(span))
+    cursor = 0
+    group: list[int] = []
+    for index, piece in enumerate(pieces):
+        group.append(index)
         if piece == "" and index < len(pieces) - 1:
-            continue
-        union = [min(start for start, _ in group), max(end for _, end in group)]
-        spans.extend([list(union) for _ in group])
+            continue  # part of a character: wait for the token that completes it
+        span = _locate(text, piece, special[index], cursor, _group_offsets(offsets, group))
+        spans.extend([list(span) for _ in group])
+        cursor = max(cursor, span[1])
         group = []
     return spans
+
+
+def _locate(
+    text: str, piece: str, special: bool, cursor: int, fallback: tuple[int, int] | None
+) -> tuple[int, int]:
+    if piece and text.startswith(piece, cursor):  # special tokens too, when written out
+        return cursor, cursor + len(piece)
+    if special or piece == "":
+        return cursor, cursor
+    if cursor == 0 and piece.startswith(" ") and text.startswith(piece[1:], 0):
+        return 0, len(piece) - 1  # the space SentencePiece put in front of the text
+    if fallback is None:
+        return cursor, cursor
+    return max(fallback[0], cursor), max(fallback[1], cursor)
+
+
+def _group_offsets(
+    offsets: Sequence[tuple[int, int]] | None, group: list[int]
+) -> tuple[int, int] | None:
+    if offsets is None:
+        return None
+    return min(offsets[i][0] for i in group), max(offsets[i][1] for i in group)
