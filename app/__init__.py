@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from app import api, errors, models
+from app import api, errors, models, viz
 from app.config import Settings
 
 
@@ -27,4 +27,5 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     models.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(viz.bp)
     return app

@@ -6,21 +6,19 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import BadRequest as WerkzeugBadRequest
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import Blueprint, Response, jsonify, request
 
-from app import models, responses, sse
+from app import inputs, models, responses, sse
 from app.concurrency import run_off_hub
 from app.config import Settings
 from app.connection import disconnect_probe
-from app.decoding import char_spans, token_pieces
 from app.engine import WorkerClosed
-from app.errors import APIError, BadRequest, GenerationFailed, Overloaded, PayloadTooLarge
+from app.errors import APIError, BadRequest, GenerationFailed, Overloaded
+from app.generation import AttentionWatch
 from app.jobs import DoneEvent, ErrorEvent, GenerationJob, TokenEvent
 from app.models import LoadedModel, ModelSpec
 from app.sampling import SamplingParams
-from app.schemas import DetokenizeRequest, GenerateRequest, TokenizeRequest, parse_body
+from app.schemas import DetokenizeRequest, GenerateRequest, TokenizeRequest
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -35,21 +33,26 @@ def health():
 @bp.post("/tokenize")
 def tokenize():
     """Split a prompt into token ids, the text each token adds, and where it sits."""
-    body = _read_body(TokenizeRequest)
-    lm = models.cache.get(_spec(body.model_id))
-    return jsonify(run_off_hub(_tokenize, lm, body))
+    body = inputs.read_body(TokenizeRequest)
+    lm = models.cache.get(inputs.model_spec(body.model_id))
+    tokens = run_off_hub(inputs.tokenize, lm, body)
+    return jsonify(
+        token_ids=tokens.ids,
+        tokens=tokens.pieces,
+        count=len(tokens.ids),
+        offsets=tokens.offsets,
+        special=tokens.special,
+        prompt=tokens.prompt if body.messages is not None else None,
+    )
 
 
 @bp.post("/detokenize")
 def detokenize():
     """Turn token ids back into text."""
-    body = _read_body(DetokenizeRequest)
-    lm = models.cache.get(_spec(body.model_id))
-    vocab = len(lm.tokenizer)
-    if bad := [i for i in body.token_ids if not 0 <= i < vocab]:
-        raise BadRequest(f"token id {bad[0]} is outside this model's vocabulary (0 to {vocab - 1})")
+    body = inputs.read_body(DetokenizeRequest)
+    lm = models.cache.get(inputs.model_spec(body.model_id))
     text = lm.tokenizer.decode(
-        body.token_ids,
+        inputs.check_token_ids(lm, body.token_ids),
         skip_special_tokens=body.skip_special_tokens,
         clean_up_tokenization_spaces=False,
     )
@@ -59,9 +62,9 @@ def detokenize():
 @bp.post("/generate")
 def generate():
     """Generate a continuation and answer with the whole text at once."""
-    body = _read_body(GenerateRequest)
-    settings = _settings()
-    job, prompt = _submit(models.cache.get(_spec(body.model_id)), body, settings)
+    body = inputs.read_body(GenerateRequest)
+    settings = inputs.settings()
+    job, prompt = _submit(models.cache.get(inputs.model_spec(body.model_id)), body, settings)
     pieces, tokens, done = [], [], None
     try:
         for event in job.events(settings.sse_ping_seconds):
@@ -85,9 +88,9 @@ def generate():
 @bp.post("/generate/stream")
 def generate_stream():
     """Generate a continuation as Server-Sent Events, one event per piece of text."""
-    body = _read_body(GenerateRequest)
-    settings = _settings()
-    spec = _spec(body.model_id)
+    body = inputs.read_body(GenerateRequest)
+    settings = inputs.settings()
+    spec = inputs.model_spec(body.model_id)
     prepared = None
     if (lm := models.cache.peek(spec)) is not None:
         prepared = _submit(lm, body, settings)  # every error is still a plain JSON answer here
@@ -96,17 +99,6 @@ def generate_stream():
         models.cache.begin(spec)  # load while the headers go out
     stream = _stream(spec, body, prepared, settings, disconnect_probe(request.environ))
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS)
-
-
-@bp.get("/models")
-def list_models():
-    """Models in memory (with their engine counters) and folders that can be loaded."""
-    settings = _settings()
-    return jsonify(
-        loaded=[lm.describe() for lm in models.cache.loaded()],
-        available=models.list_local(settings.model_root),
-        default_model=settings.default_model,
-    )
 
 
 def _stream(
@@ -158,7 +150,7 @@ def _submit(
         raise BadRequest(
             f"max_new_tokens must be at most {settings.max_new_tokens} (LLMVIZ_MAX_NEW_TOKENS)"
         )
-    prompt, prompt_ids = run_off_hub(_encode, lm, body)
+    prompt, prompt_ids = run_off_hub(inputs.encode, lm, body)
     limit = lm.context_length
     if limit is not None and len(prompt_ids) + body.max_new_tokens > limit:
         raise BadRequest(
@@ -167,7 +159,8 @@ def _submit(
         )
     fields = body.model_dump(include=set(SamplingParams.__dataclass_fields__))
     params = SamplingParams(**fields, logprobs=body.details)
-    job = GenerationJob(prompt_ids, params, tuple(body.stop))
+    watch = _attention_watch(lm, body)
+    job = GenerationJob(prompt_ids, params, tuple(body.stop), watch)
     for _ in range(3):
         try:
             lm.worker.submit(job)
@@ -177,71 +170,19 @@ def _submit(
     raise Overloaded("the model is being reloaded; retry shortly")
 
 
-def _render(lm: LoadedModel, body: TokenizeRequest | GenerateRequest) -> tuple[str, bool | None]:
-    """The prompt text, and whether to add special tokens (None: the tokenizer's default)."""
-    if body.messages is None:
-        return body.prompt, getattr(body, "add_special_tokens", None)
-    if not lm.tokenizer.chat_template:
-        raise BadRequest(
-            f"model {lm.spec.model_id!r} has no chat template: send `prompt` instead of `messages`"
-        )
-    chat = [message.model_dump() for message in body.messages]
-    try:
-        text = lm.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-    except Exception as exc:  # jinja raises for conversations the template refuses
-        raise BadRequest(f"the chat template refused these messages: {exc}") from None
-    # A rendered template already holds its special tokens (BOS and the like).
-    return text, False
+def _attention_watch(lm: LoadedModel, body: GenerateRequest) -> AttentionWatch | None:
+    if body.attention is None:
+        return None
+    shape = lm.shape()
+    layers = check_indices(body.layers, shape["n_layers"], "layer")
+    heads = None if body.heads == "all" else check_indices(body.heads, shape["n_heads"], "head")
+    return AttentionWatch(tuple(layers), None if heads is None else tuple(heads))
 
 
-def _encode(lm: LoadedModel, body: GenerateRequest) -> tuple[str, list[int]]:
-    prompt, add_special = _render(lm, body)
-    ids = lm.tokenizer(prompt, add_special_tokens=add_special is not False)["input_ids"]
-    if ids:
-        return prompt, ids
-    # An empty prompt: start from the beginning-of-sequence token where there is one.
-    if lm.tokenizer.bos_token_id is None:
-        raise BadRequest("the prompt is empty and this model has no beginning-of-sequence token")
-    return prompt, [lm.tokenizer.bos_token_id]
-
-
-def _tokenize(lm: LoadedModel, body: TokenizeRequest) -> dict[str, Any]:
-    tokenizer = lm.tokenizer
-    prompt, add_special = _render(lm, body)
-    options = {} if add_special is None else {"add_special_tokens": add_special}
-    encoding = tokenizer(prompt, return_offsets_mapping=tokenizer.is_fast, **options)
-    ids = encoding["input_ids"]
-    pieces = token_pieces(tokenizer, ids)
-    special_ids = set(tokenizer.all_special_ids)
-    special = [token_id in special_ids for token_id in ids]
-    return {
-        "token_ids": ids,
-        "tokens": pieces,
-        "count": len(ids),
-        "offsets": char_spans(prompt, pieces, special, encoding.get("offset_mapping")),
-        "special": special,
-        "prompt": prompt if body.messages is not None else None,
-    }
-
-
-def _spec(model_id: str | None) -> ModelSpec:
-    settings = _settings()
-    return models.resolve(model_id or settings.default_model, settings)
-
-
-def _read_body(schema: type) -> Any:
-    try:
-        # force: browsers may send JSON as text/plain to avoid a CORS preflight.
-        payload = request.get_json(force=True)
-    except RequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"request body is larger than {_settings().max_body_bytes} bytes "
-            "(LLMVIZ_MAX_BODY_BYTES)"
-        ) from None
-    except WerkzeugBadRequest:
-        raise BadRequest("request body is not valid JSON") from None
-    return parse_body(schema, payload)
-
-
-def _settings() -> Settings:
-    return current_app.config["LLMVIZ"]
+def check_indices(indices: list[int] | None, count: int, what: str) -> list[int]:
+    """Selected layer or head indices (all when None), each checked against `count`."""
+    if indices is None:
+        return list(range(count))
+    if bad := [i for i in indices if i >= count]:
+        raise BadRequest(f"{what} {bad[0]} does not exist: this model has {count} {what}s")
+    return list(dict.fromkeys(indices))

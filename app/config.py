@@ -28,6 +28,8 @@ class Settings:
     max_batch: int = 8
     max_queue: int = 32
     sse_ping_seconds: float = 10.0
+    max_inspect_tokens: int = 1024
+    max_inspect_bytes: int = 32 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -49,9 +51,9 @@ class Settings:
             raise ValueError(f"LLMVIZ_DEVICE must be one of {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"LLMVIZ_DTYPE must be one of {', '.join(DTYPES)}")
-        for name in ("cache_size", "max_new_tokens", "max_body_bytes", "max_batch", "max_queue"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"LLMVIZ_{name.upper()} must be at least 1")
+        for f in fields(self):
+            if f.type == "int" and getattr(self, f.name) < 1:
+                raise ValueError(f"LLMVIZ_{f.name.upper()} must be at least 1")
         if self.sse_ping_seconds <= 0:
             raise ValueError("LLMVIZ_SSE_PING_SECONDS must be positive")
 

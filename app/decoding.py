@@ -117,3 +117,21 @@ def _group_offsets(
     if offsets is None:
         return None
     return min(offsets[i][0] for i in group), max(offsets[i][1] for i in group)
+
+
+def standalone_texts(tokenizer: Any, token_ids: Sequence[int]) -> dict[int, str]:
+    """A display text per id, decoded on its own (for candidate tokens out of context).
+
+    SentencePiece drops the space of a "▁word" decoded alone; it is put back.
+    """
+    unique = sorted(set(token_ids))
+    raw_tokens = tokenizer.convert_ids_to_tokens(unique)
+    texts = {}
+    for token_id, raw in zip(unique, raw_tokens, strict=True):
+        text = tokenizer.decode(
+            [token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+        if isinstance(raw, str) and raw.startswith("▁") and not text.startswith(" "):
+            text = " " + text
+        texts[token_id] = text
+    return texts

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import queue
+from collections.abc import Callable
 from typing import Any
 
-from app.concurrency import NativeQueue, native_lock, start_native_thread
+from app.concurrency import Mailbox, NativeQueue, native_lock, start_native_thread
 from app.errors import Overloaded
 from app.jobs import GenerationJob
 
@@ -21,6 +22,35 @@ log = logging.getLogger(__name__)
 
 class WorkerClosed(RuntimeError):
     """The model was unloaded before the job could be queued; load it again."""
+
+
+_WAKE = object()  # put in the inbox so an idle worker looks at its task queue
+
+
+class ModelTask:
+    """A function to run on the model's thread between two decoding steps (an inspection)."""
+
+    def __init__(self, fn: Callable[[Any, Any], Any]) -> None:
+        self._fn = fn
+        self._mailbox = Mailbox()
+
+    def run(self, model: Any, tokenizer: Any) -> None:
+        """Call the function with the model; deliver its result or its exception."""
+        try:
+            self._mailbox.put((True, self._fn(model, tokenizer)))
+        except Exception as exc:
+            self._mailbox.put((False, exc))
+
+    def result(self) -> Any:
+        """Wait for the task (blocking only the calling greenlet) and return its result."""
+        while True:
+            try:
+                ok, value = self._mailbox.get(timeout=60.0)
+            except TimeoutError:
+                continue
+            if ok:
+                return value
+            raise value
 
 
 class ModelWorker:
@@ -39,6 +69,7 @@ class ModelWorker:
         self._max_active = max_active
         self._max_queue = max_queue
         self._inbox = NativeQueue()
+        self._tasks = NativeQueue()
         self._lock = native_lock()
         self._closed = False
         self._cancel_new = False
@@ -62,6 +93,19 @@ class ModelWorker:
                 )
             self.queued += 1
         self._inbox.put(job)
+
+    def submit_task(self, task: ModelTask) -> None:
+        """Queue a task to run before the next decoding step."""
+        with self._lock:
+            if self._closed:
+                raise WorkerClosed
+            if self.queued >= self._max_queue:
+                raise Overloaded(
+                    f"too much queued work for this model (LLMVIZ_MAX_QUEUE={self._max_queue})"
+                )
+            self.queued += 1
+        self._tasks.put(task)
+        self._inbox.put(_WAKE)
 
     def close(self, cancel: bool = False) -> None:
         """Stop taking jobs; finish (or with `cancel`, abandon) the accepted ones, then exit."""
@@ -97,6 +141,7 @@ class ModelWorker:
         closing = False
         while not (closing and not self._running):
             closing = self._admit() or closing
+            self._run_tasks()
             for job in list(self._running):
                 if not self._advance(job):
                     self._retire(job)
@@ -113,6 +158,8 @@ class ModelWorker:
                 return False
             if job is None:
                 return True
+            if job is _WAKE:
+                return False
             if self._cancel_new:
                 job.cancel()
             job.begin(self._model, self._tokenizer, self._eos_ids)
@@ -120,6 +167,16 @@ class ModelWorker:
                 self.queued -= 1
                 self._running.append(job)
         return False
+
+    def _run_tasks(self) -> None:
+        while True:
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                self.queued -= 1
+            task.run(self._model, self._tokenizer)
 
     def _advance(self, job: GenerationJob) -> bool:
         try:

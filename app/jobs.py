@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from app import tensors
 from app.concurrency import Mailbox
 from app.decoding import IncrementalDecoder
-from app.generation import sample_tokens
+from app.generation import AttentionWatch, sample_tokens
 from app.sampling import Choice, SamplingParams
 from app.stopping import StopMatcher
 
@@ -41,6 +42,7 @@ class TokenEvent:
     special: bool
     logprob: float | None = None
     top: tuple[Alternative, ...] = ()
+    attention: dict[str, Any] | None = None  # an encoded [layers, heads, keys] tensor
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,16 @@ Event = TokenEvent | DoneEvent | ErrorEvent
 class GenerationJob:
     """One request's generation, shared by the request handler and the worker thread."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        stop: tuple[str, ...] = (),
+        watch: AttentionWatch | None = None,
+    ) -> None:
         self.prompt_ids = prompt_ids
         self.params = params
+        self.watch = watch
         self.cancelled = False  # set by the handler, read by the worker (atomic under the GIL)
         self.generated = 0  # live count, read by the worker's stats
         self._mailbox = Mailbox()
@@ -103,7 +112,7 @@ class GenerationJob:
     def begin(self, model: Any, tokenizer: Any, eos_ids: frozenset[int]) -> None:
         """Prepare to generate; the prompt is processed at the first `advance`."""
         self._times["admitted"] = time.perf_counter()
-        self._tokens = sample_tokens(model, self.prompt_ids, self.params, eos_ids)
+        self._tokens = sample_tokens(model, self.prompt_ids, self.params, eos_ids, self.watch)
         self._decoder = IncrementalDecoder(tokenizer, self.prompt_ids)
         self._eos_ids = eos_ids
         self._special_ids = frozenset(tokenizer.all_special_ids)
@@ -145,7 +154,10 @@ class GenerationJob:
 
     def _post_token(self, choice: Choice, text: str, piece: str, top: tuple) -> None:
         special = choice.token_id in self._special_ids
-        event = TokenEvent(choice.token_id, text, piece, special, choice.logprob, top)
+        attention = None
+        if choice.attention is not None:
+            attention = tensors.encode(choice.attention, "float16")
+        event = TokenEvent(choice.token_id, text, piece, special, choice.logprob, top, attention)
         self._mailbox.put(event)
 
     def _finish(self, reason: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import re
 import threading
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from app.architecture import describe, read_raw_config
 from app.concurrency import run_off_hub
 from app.config import Settings
 from app.engine import ModelWorker
@@ -43,7 +45,13 @@ class LoadedModel:
     eos_ids: frozenset[int]
     context_length: int | None
     load_seconds: float
+    memory_bytes: int = 0
     last_used: float = field(default_factory=time.time)
+
+    def shape(self) -> dict[str, int]:
+        """Layer and head counts, for checking selections."""
+        config = self.model.config.get_text_config()
+        return {"n_layers": config.num_hidden_layers, "n_heads": config.num_attention_heads}
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for GET /models."""
@@ -54,6 +62,7 @@ class LoadedModel:
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "context_length": self.context_length,
             "load_seconds": round(self.load_seconds, 3),
+            "memory_bytes": self.memory_bytes,
             "last_used": self.last_used,
             **self.worker.stats(),
         }
@@ -98,6 +107,22 @@ def check_available(spec: ModelSpec) -> None:
         raise BadRequest(f"model {spec.model_id!r} cannot be served: {_first_line(exc)}") from None
 
 
+@functools.lru_cache(maxsize=64)
+def architecture(spec: ModelSpec) -> dict[str, Any]:
+    """The normalized architecture of a model, from its config alone (no weights)."""
+    from transformers import AutoConfig
+    from transformers.utils import cached_file
+
+    try:
+        config = AutoConfig.from_pretrained(spec.source, trust_remote_code=False)
+        raw = read_raw_config(cached_file(spec.source, "config.json"))
+    except OSError as exc:
+        raise ModelNotFound(_not_found_message(spec, exc)) from None
+    except ValueError as exc:
+        raise BadRequest(f"model {spec.model_id!r} cannot be served: {_first_line(exc)}") from None
+    return describe(config, raw)
+
+
 def list_local(root: Path) -> list[str]:
     """Model ids under the model root: folders (or owner/name folders) with a config.json."""
     if not root.is_dir():
@@ -133,9 +158,9 @@ def load(spec: ModelSpec, settings: Settings) -> LoadedModel:
     seconds = time.perf_counter() - started
     log.info("loaded model %s on %s in %.2fs", spec.model_id, device, seconds)
     worker = ModelWorker(model, tokenizer, eos_ids, settings.max_batch, settings.max_queue)
-    return LoadedModel(
-        spec, model, tokenizer, worker, eos_ids, _context_length(model.config), seconds
-    )
+    memory = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    context = _context_length(model.config)
+    return LoadedModel(spec, model, tokenizer, worker, eos_ids, context, seconds, memory)
 
 
 def _pick_device(setting: str, torch: Any) -> Any:

@@ -14,7 +14,7 @@ from app.jobs import DoneEvent, ErrorEvent, Event, TokenEvent
 
 def token_json(event: TokenEvent) -> dict[str, Any]:
     """One generated token, as `details.tokens[i]` and the stream's `token` events show it."""
-    return {
+    shown = {
         "id": event.token_id,
         "text": event.piece,
         "logprob": _finite(event.logprob),
@@ -24,6 +24,9 @@ def token_json(event: TokenEvent) -> dict[str, Any]:
             for alt in event.top
         ],
     }
+    if event.attention is not None:
+        shown["attention"] = event.attention
+    return shown
 
 
 def done_json(event: DoneEvent) -> dict[str, Any]:

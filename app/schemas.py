@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.errors import BadRequest
 
-__all__ = ["DetokenizeRequest", "GenerateRequest", "TokenizeRequest", "parse_body"]
+__all__ = [
+    "DetokenizeRequest",
+    "GenerateRequest",
+    "InspectRequest",
+    "TokenizeRequest",
+    "parse_body",
+]
 
 
 class _Body(BaseModel):
@@ -71,11 +79,22 @@ class GenerateRequest(_PromptBody):
     return_full_text: bool = Field(True, description="Prefix the prompt to the answer.")
     details: bool = Field(False, description="Add per-token ids, logprobs and timing.")
     top_logprobs: int = Field(0, ge=0, le=20, description="Alternatives per token (details).")
+    attention: Literal["last_row"] | None = Field(
+        None, description="With details: each token's attention row, live."
+    )
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, max_length=1024, description="Layers for `attention`; null: all."
+    )
+    heads: Literal["all"] | list[Annotated[int, Field(ge=0)]] = Field(
+        "all", description="Heads for `attention`."
+    )
 
     @model_validator(mode="after")
-    def _check_stop(self) -> GenerateRequest:
+    def _check_combinations(self) -> GenerateRequest:
         if any(not s or len(s) > 256 for s in self.stop):
             raise ValueError("stop strings must be 1 to 256 characters long")
+        if self.attention is not None and not self.details:
+            raise ValueError("`attention` needs `details: true`")
         return self
 
 
@@ -96,3 +115,42 @@ def _describe(exc: ValidationError) -> str:
         message = err["msg"].removeprefix("Value error, ")
         problems.append(f"{where}: {message}")
     return "invalid request: " + "; ".join(problems)
+
+
+InspectPart = Literal["tokens", "next_token", "logit_lens", "attention", "resid_norms"]
+
+
+class AttentionOptions(BaseModel):
+    """How /inspect returns attention patterns."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    format: Literal["topk", "dense"] = Field("topk", description="topk rows, or full matrices.")
+    k: int = Field(8, ge=1, le=1024, description="Weights kept per query row (topk).")
+    heads: Literal["all"] | list[Annotated[int, Field(ge=0)]] = Field(
+        "all", description="Heads to return."
+    )
+
+
+class InspectRequest(_Body):
+    """Body of POST /inspect."""
+
+    prompt: str | None = Field(None, description="Input text.")
+    messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=256)
+    token_ids: list[int] | None = Field(None, min_length=1, description="Input token ids.")
+    add_special_tokens: bool | None = Field(None, description="For `prompt`; null: default.")
+    include: list[InspectPart] = Field(
+        default_factory=lambda: ["tokens", "next_token"], min_length=1, description="Parts."
+    )
+    top_k: int = Field(10, ge=1, le=100, description="Candidates per position.")
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, max_length=1024, description="Layers to return; null: all."
+    )
+    attention: AttentionOptions = Field(default_factory=AttentionOptions)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> InspectRequest:
+        given = [self.prompt is not None, self.messages is not None, self.token_ids is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of `prompt`, `messages` and `token_ids`")
+        return self
