@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-
-import torch
 
 
 @contextmanager
@@ -25,11 +23,3 @@ def eager_attention(model: Any) -> Iterator[None]:
         yield
     finally:
         model.set_attn_implementation(previous)
-
-
-def last_rows(
-    attentions: Sequence[torch.Tensor], layers: Sequence[int], heads: Sequence[int] | None
-) -> torch.Tensor:
-    """The last query position's attention, per selected layer and head: [layers, heads, keys]."""
-    rows = torch.stack([attentions[i][0, :, -1, :] for i in layers]).float()
-    return rows if heads is None else rows[:, list(heads)]

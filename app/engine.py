@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import queue
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.concurrency import Mailbox, NativeQueue, native_lock, start_native_thread
 from app.errors import Overloaded
+from app.generation import DecodeBatch
 from app.jobs import GenerationJob
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,21 @@ class ModelTask:
             raise value
 
 
-class ModelWorker:
-    """Owns one model on its own OS thread and interleaves its jobs token by token.
+@dataclass
+class _Group:
+    """A decode batch and the jobs of its rows, in row order."""
 
-    Up to `max_active` jobs advance in turn, one token each, so every stream
-    progresses; further jobs wait in a queue of at most `max_queue`.
+    batch: DecodeBatch
+    jobs: list[GenerationJob] = field(default_factory=list)
+
+
+class ModelWorker:
+    """Owns one model on its own OS thread and decodes its jobs in batches.
+
+    Up to `max_active` jobs share one forward pass per step (models whose KV
+    cache cannot be merged, e.g. sliding-window ones, get one batch per job,
+    stepped in turn); further jobs wait in a queue of at most `max_queue`.
+    A job joins at the next step, after its prefill, and leaves when it ends.
     """
 
     def __init__(
@@ -73,7 +85,8 @@ class ModelWorker:
         self._lock = native_lock()
         self._closed = False
         self._cancel_new = False
-        self._running: list[GenerationJob] = []
+        self._running: list[GenerationJob] = []  # admitted and not yet ended, for stats
+        self._groups: list[_Group] = []
         self._alive = native_lock()  # held by the thread while it runs; see join()
         self._alive.acquire()
         self.queued = 0
@@ -142,17 +155,16 @@ class ModelWorker:
         while not (closing and not self._running):
             closing = self._admit() or closing
             self._run_tasks()
-            for job in list(self._running):
-                if not self._advance(job):
-                    self._retire(job)
+            for group in list(self._groups):
+                self._step(group)
         self._release()
         self._alive.release()
 
     def _admit(self) -> bool:
-        """Move queued jobs into the running set; True when the close marker was reached."""
+        """Prefill queued jobs into a batch; True when the close marker was reached."""
         while len(self._running) < self._max_active:
             try:
-                # Block only when idle: a running job must not wait for new arrivals.
+                # Block only when idle: running jobs must not wait for new arrivals.
                 job = self._inbox.get(block=not self._running)
             except queue.Empty:
                 return False
@@ -160,13 +172,77 @@ class ModelWorker:
                 return True
             if job is _WAKE:
                 return False
-            if self._cancel_new:
-                job.cancel()
-            job.begin(self._model, self._tokenizer, self._eos_ids)
             with self._lock:
                 self.queued -= 1
                 self._running.append(job)
+            self._start(job)
         return False
+
+    def _start(self, job: GenerationJob) -> None:
+        if self._cancel_new:
+            job.cancel()
+        job.begin(self._tokenizer, self._eos_ids, self._model.device)
+        if job.cancelled:
+            job.end_cancelled()
+            self._retire(job)
+            return
+        group = next((g for g in self._groups if g.batch.mergeable), None)
+        if group is None:
+            group = _Group(DecodeBatch(self._model))
+            self._groups.append(group)
+        try:
+            step = group.batch.prefill(job.prompt_ids, job.watch)
+        except Exception as exc:  # the thread must survive any one request
+            self._fail([job], exc)
+            if not group.jobs:
+                self._groups.remove(group)
+            return
+        group.jobs.append(job)
+        if not self._take(job, step.logits[0], step.attention[0]):
+            self._remove(group, [len(group.jobs) - 1])
+
+    def _step(self, group: _Group) -> None:
+        """One forward pass for every row of the group; retire the rows that ended."""
+        cancelled = [i for i, job in enumerate(group.jobs) if job.cancelled]
+        for i in cancelled:
+            group.jobs[i].end_cancelled()
+        self._remove(group, cancelled)
+        if not group.jobs:
+            return
+        try:
+            step = group.batch.step([job.last_token for job in group.jobs])
+        except Exception as exc:
+            self._fail(group.jobs, exc)
+            self._remove(group, list(range(len(group.jobs))))
+            return
+        ended = [
+            i
+            for i, job in enumerate(group.jobs)
+            if not self._take(job, step.logits[i], step.attention[i])
+        ]
+        self._remove(group, ended)
+
+    def _take(self, job: GenerationJob, logits: Any, attention: Any) -> bool:
+        try:
+            return job.take(logits, attention)
+        except Exception as exc:
+            self._fail([job], exc)
+            return False
+
+    def _remove(self, group: _Group, rows: list[int]) -> None:
+        if not rows:
+            return
+        group.batch.remove(rows)
+        for i in rows:
+            self._retire(group.jobs[i])
+        group.jobs = [job for i, job in enumerate(group.jobs) if i not in set(rows)]
+        if not group.jobs:
+            self._groups.remove(group)
+
+    def _fail(self, jobs: list[GenerationJob], exc: Exception) -> None:
+        log.exception("generation failed", exc_info=exc)
+        for job in jobs:
+            job.fail(f"generation failed: {type(exc).__name__}: {exc}")
 
     def _run_tasks(self) -> None:
         while True:
@@ -177,14 +253,6 @@ class ModelWorker:
             with self._lock:
                 self.queued -= 1
             task.run(self._model, self._tokenizer)
-
-    def _advance(self, job: GenerationJob) -> bool:
-        try:
-            return job.advance()
-        except Exception as exc:  # the thread must survive any one job
-            log.exception("generation failed")
-            job.fail(f"generation failed: {type(exc).__name__}: {exc}")
-            return False
 
     def _retire(self, job: GenerationJob) -> None:
         with self._lock:

@@ -1,18 +1,27 @@
-"""The decoding loop: prompt ids in, sampled tokens out, one step at a time."""
+"""Batched decoding: sequences of different lengths advance together, one forward pass a step.
+
+A `DecodeBatch` holds one KV cache for all its rows. Rows are left-padded to a
+common length; an attention mask hides the padding and explicit position ids
+keep each row's own positions, so a row computes what it would compute alone
+(up to floating-point noise from different matrix shapes). A new sequence is
+prefilled on its own and then merged in; a finished one is cut out at once.
+"""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
-from app.attention import eager_attention, last_rows
-from app.sampling import Choice, Sampler, SamplingParams
+from app.attention import eager_attention
 
 
 @dataclass(frozen=True)
@@ -23,46 +32,121 @@ class AttentionWatch:
     heads: tuple[int, ...] | None = None  # None: all heads
 
 
-@torch.inference_mode()
-def sample_tokens(
-    model: torch.nn.Module,
-    prompt_ids: Sequence[int],
-    params: SamplingParams,
-    eos_ids: frozenset[int],
-    watch: AttentionWatch | None = None,
-) -> Iterator[Choice]:
-    """Yield each generated token; stops at end-of-sequence unless told to ignore it.
+@dataclass
+class Step:
+    """One forward pass's results: next-token logits per row, and watched attention rows."""
 
-    The caller may stop iterating between two tokens: that is how a request is
-    cancelled, and the KV cache is dropped with the generator.
-    """
-    device = model.device
-    sampler = Sampler(params, prompt_ids, device)
-    # The KV cache is updated in place by every forward pass.
-    kv = {_cache_argument(type(model)): DynamicCache(config=model.config)}
-    # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
-    out = _forward(model, torch.tensor([list(prompt_ids)], device=device), kv, watch, 1)
-    for step in range(params.max_new_tokens):
-        choice = sampler.choose(out.logits[0, -1])
-        if watch is not None:
-            choice = replace(choice, attention=last_rows(out.attentions, watch.layers, watch.heads))
-        yield choice
-        token = choice.token_id
-        if (token in eos_ids and not params.ignore_eos) or step + 1 == params.max_new_tokens:
-            return
-        out = _forward(model, torch.tensor([[token]], device=device), kv, watch, 0)
+    logits: torch.Tensor  # [rows, vocab]
+    attention: list[torch.Tensor | None]  # per row: [layers, heads, keys] or None
 
 
-def _forward(model, input_ids, kv, watch: AttentionWatch | None, logits_to_keep: int):
-    # Eager attention only around this request's own passes: other requests keep SDPA.
-    with eager_attention(model) if watch is not None else nullcontext():
-        return model(
-            input_ids,
-            use_cache=True,
-            logits_to_keep=logits_to_keep,
-            output_attentions=watch is not None,
-            **kv,
+class DecodeBatch:
+    """Rows decoded together over one left-padded KV cache."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # [rows, columns]: 1 = real token, 0 = padding
+        self._lengths: list[int] = []  # real tokens per row
+        self.watches: list[AttentionWatch | None] = []
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether rows can be added to this cache (sliding-window caches cannot)."""
+        return self._cache is None or all(
+            type(layer) is DynamicLayer for layer in self._cache.layers
         )
+
+    @torch.inference_mode()
+    def prefill(self, prompt_ids: Sequence[int], watch: AttentionWatch | None) -> Step:
+        """Run a new sequence's prompt on its own, then add it as the last row."""
+        cache = DynamicCache(config=self._model.config)
+        ids = torch.tensor([list(prompt_ids)], device=self._model.device)
+        # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
+        out = self._forward(ids, cache, None, None, watch is not None)
+        attention = _last_rows(out.attentions, watch, 0, len(prompt_ids)) if watch else None
+        self._merge(cache, len(prompt_ids), watch)
+        return Step(out.logits[:, -1].float(), [attention])
+
+    @torch.inference_mode()
+    def step(self, tokens: Sequence[int]) -> Step:
+        """Feed each row its latest token; return every row's next-token logits."""
+        device = self._model.device
+        ids = torch.tensor([[t] for t in tokens], device=device)
+        positions = torch.tensor([[n] for n in self._lengths], device=device)
+        self._mask = F.pad(self._mask, (0, 1), value=1)
+        padded = bool((self._mask == 0).any())
+        watched = any(w is not None for w in self.watches)
+        out = self._forward(ids, self._cache, self._mask if padded else None, positions, watched)
+        self._lengths = [n + 1 for n in self._lengths]
+        attention = [
+            _last_rows(out.attentions, watch, row, self._lengths[row]) if watch else None
+            for row, watch in enumerate(self.watches)
+        ]
+        return Step(out.logits[:, -1].float(), attention)
+
+    def remove(self, rows: Sequence[int]) -> None:
+        """Drop these rows from the batch and its cache."""
+        keep = [i for i in range(len(self)) if i not in set(rows)]
+        self._lengths = [self._lengths[i] for i in keep]
+        self.watches = [self.watches[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = None
+            return
+        index = torch.tensor(keep, device=self._mask.device)
+        self._mask = self._mask[index]
+        self._cache.batch_select_indices(index)
+        # Columns that are padding in every remaining row are dead weight: cut them.
+        first = int(self._mask.any(dim=0).nonzero()[0])
+        if first:
+            self._mask = self._mask[:, first:]
+            for layer in self._cache.layers:
+                layer.keys = layer.keys[..., first:, :]
+                layer.values = layer.values[..., first:, :]
+
+    def _merge(self, cache: DynamicCache, length: int, watch: AttentionWatch | None) -> None:
+        mask = torch.ones((1, length), dtype=torch.long, device=self._model.device)
+        if self._cache is None:
+            self._cache, self._mask = cache, mask
+        else:
+            width = self._mask.shape[1]
+            grow, pad = max(length - width, 0), max(width - length, 0)
+            self._mask = torch.cat([F.pad(self._mask, (grow, 0)), F.pad(mask, (pad, 0))])
+            for old, new in zip(self._cache.layers, cache.layers, strict=True):
+                old.keys = torch.cat([_left_pad(old.keys, grow), _left_pad(new.keys, pad)])
+                old.values = torch.cat([_left_pad(old.values, grow), _left_pad(new.values, pad)])
+        self._lengths.append(length)
+        self.watches.append(watch)
+
+    def _forward(self, ids, cache, mask, positions, watched: bool):
+        # Eager attention only when a row asked for its attention: SDPA computes none.
+        with eager_attention(self._model) if watched else nullcontext():
+            return self._model(
+                ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                output_attentions=watched,
+                **{_cache_argument(type(self._model)): cache},
+            )
+
+
+def _left_pad(states: torch.Tensor, columns: int) -> torch.Tensor:
+    # [rows, heads, columns, head_dim]: add empty columns in front.
+    return F.pad(states, (0, 0, columns, 0)) if columns else states
+
+
+def _last_rows(attentions, watch: AttentionWatch, row: int, keys: int) -> torch.Tensor:
+    """The last query's attention over this row's `keys` real keys: [layers, heads, keys]."""
+    picked = []
+    for layer in watch.layers:
+        weights = attentions[layer][row, :, -1, -keys:]  # rows are left-padded
+        picked.append(weights if watch.heads is None else weights[list(watch.heads)])
+    return torch.stack(picked).float()
 
 
 @cache

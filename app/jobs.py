@@ -1,7 +1,8 @@
 """One generation request as the engine runs it: its events, timing and cancel flag.
 
 The request handler reads events with `events()` and may `cancel()`; the
-model's worker thread calls `begin()` once and then `advance()` once per token.
+model's worker thread calls `begin()` once, then `take()` with the request's
+row of logits once per step.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from app import tensors
 from app.concurrency import Mailbox
 from app.decoding import IncrementalDecoder
-from app.generation import AttentionWatch, sample_tokens
-from app.sampling import Choice, SamplingParams
+from app.generation import AttentionWatch
+from app.sampling import Choice, Sampler, SamplingParams
 from app.stopping import StopMatcher
 
 
@@ -84,7 +87,8 @@ class GenerationJob:
         self._mailbox = Mailbox()
         self._stop = StopMatcher(stop)
         self._times = {"submitted": time.perf_counter()}
-        self._tokens: Iterator[Choice] | None = None
+        self.last_token: int | None = None  # the next step's input
+        self._sampler: Sampler | None = None
         self._decoder: IncrementalDecoder | None = None
         self._eos_ids: frozenset[int] = frozenset()
         self._special_ids: frozenset[int] = frozenset()
@@ -109,38 +113,39 @@ class GenerationJob:
 
     # -- the worker thread's side --
 
-    def begin(self, model: Any, tokenizer: Any, eos_ids: frozenset[int]) -> None:
-        """Prepare to generate; the prompt is processed at the first `advance`."""
+    def begin(self, tokenizer: Any, eos_ids: frozenset[int], device: Any) -> None:
+        """Prepare to generate: sampler, decoder, stop strings."""
         self._times["admitted"] = time.perf_counter()
-        self._tokens = sample_tokens(model, self.prompt_ids, self.params, eos_ids, self.watch)
+        self._sampler = Sampler(self.params, self.prompt_ids, device)
         self._decoder = IncrementalDecoder(tokenizer, self.prompt_ids)
         self._eos_ids = eos_ids
         self._special_ids = frozenset(tokenizer.all_special_ids)
 
-    def advance(self) -> bool:
-        """Make one token and post it; False once the job has ended."""
-        if self.cancelled:
-            return self._finish("cancelled")
-        choice = next(self._tokens)
+    def take(self, logits: torch.Tensor, attention: torch.Tensor | None = None) -> bool:
+        """Choose a token from this job's row of logits and post it; False once it has ended."""
+        choice = self._sampler.choose(logits)
         self._times.setdefault("first_token", time.perf_counter())
         self.generated += 1
-        token_id = choice.token_id
+        self.last_token = token_id = choice.token_id
         top = self._alternatives(choice)
         if token_id in self._eos_ids and not self.params.ignore_eos:
-            self._post_token(choice, "", self._decoder.peek([token_id])[0], top)
+            self._post_token(choice, "", self._decoder.peek([token_id])[0], top, attention)
             return self._finish("eos")
         piece = self._decoder.push(token_id)
         text, stopped = self._stop.feed(piece)
-        self._post_token(choice, text, piece, top)
+        self._post_token(choice, text, piece, top, attention)
         if stopped:
             return self._finish("stop")
         if self.generated == self.params.max_new_tokens:
             return self._finish("length")
         return True
 
+    def end_cancelled(self) -> None:
+        """Close a job whose reader went away (or that was abandoned at shutdown)."""
+        self._finish("cancelled")
+
     def fail(self, message: str) -> None:
-        """Report a failure to the waiting handler and drop the job's state."""
-        self._tokens = None
+        """Report a failure to the waiting handler."""
         self._mailbox.put(ErrorEvent(message))
 
     def _alternatives(self, choice: Choice) -> tuple[Alternative, ...]:
@@ -152,11 +157,10 @@ class GenerationJob:
             for (token_id, logprob), text in zip(choice.top, texts, strict=True)
         )
 
-    def _post_token(self, choice: Choice, text: str, piece: str, top: tuple) -> None:
+    def _post_token(self, choice: Choice, text: str, piece: str, top: tuple, attention) -> None:
         special = choice.token_id in self._special_ids
-        attention = None
-        if choice.attention is not None:
-            attention = tensors.encode(choice.attention, "float16")
+        if attention is not None:
+            attention = tensors.encode(attention, "float16")
         event = TokenEvent(choice.token_id, text, piece, special, choice.logprob, top, attention)
         self._mailbox.put(event)
 
@@ -168,7 +172,7 @@ class GenerationJob:
                 reason = "stop"
             else:
                 tail += self._stop.flush()
-        self._tokens = None  # frees the KV cache now, not when the handler lets go
+        self._sampler = None
         self._times["finished"] = time.perf_counter()
         done = DoneEvent(reason, len(self.prompt_ids), self.generated, tail, self._timing())
         self._mailbox.put(done)

@@ -41,7 +41,6 @@ class Choice:
     token_id: int
     logprob: float | None = None
     top: tuple[tuple[int, float], ...] = ()
-    attention: torch.Tensor | None = None  # [layers, heads, keys] when watched
 
 
 class Sampler:
