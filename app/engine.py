@@ -91,6 +91,8 @@ class ModelWorker:
         self._alive.acquire()
         self.queued = 0
         self.completed_jobs = 0
+        self.decode_steps = 0  # batched forward passes
+        self.prefills = 0
         self._finished_tokens = 0
         start_native_thread(self._serve)
 
@@ -148,6 +150,8 @@ class ModelWorker:
                 "queued": self.queued,
                 "generated_tokens": self._finished_tokens + sum(job.generated for job in running),
                 "completed_jobs": self.completed_jobs,
+                "decode_steps": self.decode_steps,
+                "prefills": self.prefills,
             }
 
     def _serve(self) -> None:
@@ -192,6 +196,7 @@ class ModelWorker:
             self._groups.append(group)
         try:
             step = group.batch.prefill(job.prompt_ids, job.watch)
+            self.prefills += 1
         except Exception as exc:  # the thread must survive any one request
             self._fail([job], exc)
             if not group.jobs:
@@ -211,6 +216,7 @@ class ModelWorker:
             return
         try:
             step = group.batch.step([job.last_token for job in group.jobs])
+            self.decode_steps += 1
         except Exception as exc:
             self._fail(group.jobs, exc)
             self._remove(group, list(range(len(group.jobs))))
