@@ -43,8 +43,18 @@ def parse(raw: str) -> list[SSEEvent | str]:
 
 def stream_events(response) -> Iterator[SSEEvent | str]:
     """Events from a streaming `requests` response, as they arrive."""
-    lines = response.iter_lines(chunk_size=1, decode_unicode=False, delimiter=b"\n")
-    return parse_lines(line.decode("utf-8") for line in lines)
+    return parse_lines(_lines(response))
+
+
+def _lines(response) -> Iterator[str]:
+    # Each HTTP chunk as it arrives (requests' own iter_lines mangles blank lines).
+    pending = b""
+    for chunk in response.iter_content(chunk_size=None):
+        *complete, pending = (pending + chunk).split(b"\n")
+        for line in complete:
+            yield line.removesuffix(b"\r").decode("utf-8")
+    if pending:
+        yield pending.decode("utf-8")
 
 
 def message_data(events: Iterable[SSEEvent | str]) -> list[str]:

@@ -89,10 +89,13 @@ def build_llama_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
         [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
     )
     trained.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    # The 256 byte tokens come on top of what the trainer learns.
+    learned_size = vocab_size - 256 if vocab_size > 1000 else vocab_size
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, show_progress=False, max_token_length=8
+        vocab_size=learned_size, special_tokens=specials, show_progress=False, max_token_length=8
     )
-    trained.train_from_iterator(_corpus(), trainer=trainer)
+    lines = _corpus() + (_synthetic_lines() if vocab_size > 1000 else [])
+    trained.train_from_iterator(lines, trainer=trainer)
     learned = trained.get_vocab()
     # Llama's layout: specials, then the 256 byte tokens <0x00>..<0xFF>, then the pieces.
     vocab = {token: i for i, token in enumerate(specials)}
@@ -170,14 +173,16 @@ def save_llama(
     kv_heads: int = 2,
     context: int = 2048,
     seed: int = 0,
+    intermediate: int | None = None,
+    vocab_size: int | None = None,
 ) -> Path:
     """Save a tiny Llama (grouped-query attention, gated MLP) under `path`."""
-    tokenizer = build_llama_tokenizer()
+    tokenizer = build_llama_tokenizer(vocab_size or 300)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
-        intermediate_size=hidden * 2,
+        intermediate_size=intermediate or hidden * 2,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
@@ -193,3 +198,17 @@ def save_llama(
 def save_gpt2_small_shape(path: Path) -> Path:
     """Random weights in GPT-2 small's exact shape (124M parameters, 50,257 tokens)."""
     return save_gpt2(path, n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
+
+
+def save_llama_1b_shape(path: Path) -> Path:
+    """Random weights in TinyLlama-1.1B's shape (22 layers, GQA 32/4, 32,000 tokens)."""
+    return save_llama(
+        path,
+        layers=22,
+        hidden=2048,
+        heads=32,
+        kv_heads=4,
+        context=2048,
+        intermediate=5632,
+        vocab_size=32000,
+    )

@@ -1,0 +1,240 @@
+"""Batching throughput: the real gunicorn server against in-process `model.generate`.
+
+In one run, on the same model and machine:
+- in-process `model.generate` at batch 1/4/8/16 (greedy, fixed length);
+- the server with 1/4/8/16 concurrent streams: aggregate tokens/s, time to first
+  token, p50/p99 gap between tokens, and /health latency under that load;
+- a request joining 7 running streams: its first-token time against its prefill
+  time plus two decoding steps.
+
+Run from the repository root:  .venv/bin/python -m bench.throughput
+GPU:  .venv/bin/python -m bench.throughput --model tinyllama --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+
+import requests
+import torch
+
+from bench.common import DEFAULT_ROOT, LiveServer, median, percentile, prompt_of, wait_for
+from tests.sse_client import SSEEvent, stream_events
+from tests.tiny_models import save_gpt2_small_shape, save_llama_1b_shape
+
+MODELS = {"gpt2-small": save_gpt2_small_shape, "tinyllama": save_llama_1b_shape}
+
+
+def ensure_model(name: str):
+    """Build the named shape once under bench/models/."""
+    path = DEFAULT_ROOT / f"{name}-shape"
+    if not (path / "config.json").exists():
+        print(f"building {path} ...", flush=True)
+        MODELS[name](path)
+    return path
+
+
+def in_process(path, prompt, sizes, new_tokens, device, dtype) -> dict:
+    """Aggregate tokens/s of `model.generate` per batch size, and prefill/step times."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    model.generation_config.pad_token_id = tokenizer.eos_token_id
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
+    rates = {}
+    with torch.inference_mode():
+        _generate(model, ids, 4)  # warm-up
+        for size in sizes:
+            batch = ids.repeat(size, 1)
+            seconds = median([_generate(model, batch, new_tokens) for _ in range(2)])
+            rates[size] = size * new_tokens / seconds
+        prefill = median([_prefill(model, ids) for _ in range(3)])
+    step_8 = 8 / rates[8] if 8 in rates else None  # seconds per decoding step at batch 8
+    return {"rates": rates, "prefill_s": prefill, "step_8_s": step_8}
+
+
+def _generate(model, batch, new_tokens) -> float:
+    started = time.perf_counter()
+    model.generate(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    _sync(batch)
+    return time.perf_counter() - started
+
+
+def _prefill(model, ids) -> float:
+    started = time.perf_counter()
+    model(ids, logits_to_keep=1)
+    _sync(ids)
+    return time.perf_counter() - started
+
+
+def _sync(tensor) -> None:
+    if tensor.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def stream(live, body, record: dict) -> None:
+    """One stream: arrival time of every token event."""
+    started = time.perf_counter()
+    arrivals = []
+    with requests.post(live.url("/generate/stream"), json=body, stream=True, timeout=900) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"stream refused: {r.status_code} {r.text}")
+        for event in stream_events(r):
+            if isinstance(event, SSEEvent) and event.event == "error":
+                raise RuntimeError(f"stream failed: {event.data}")
+            if isinstance(event, SSEEvent) and event.event == "token":
+                arrivals.append(time.perf_counter())
+    record.update(started=started, arrivals=arrivals)
+
+
+def concurrent(live, body, n) -> dict:
+    """n streams at once: aggregate rate, first-token times, gaps, /health latency."""
+    records = [{} for _ in range(n)]
+    threads = [threading.Thread(target=stream, args=(live, body, r)) for r in records]
+    health, done = [], threading.Event()
+    prober = threading.Thread(target=_probe_health, args=(live, health, done))
+    started = time.perf_counter()
+    prober.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    done.set()
+    prober.join()
+    tokens = sum(len(r["arrivals"]) for r in records)
+    gaps = [b - a for r in records for a, b in zip(r["arrivals"], r["arrivals"][1:], strict=False)]
+    return {
+        "streams": n,
+        "tokens": tokens,
+        "aggregate_tok_s": tokens / elapsed,
+        "ttft_ms_p50": median([(r["arrivals"][0] - r["started"]) * 1000 for r in records]),
+        "gap_ms_p50": median(gaps) * 1000,
+        "gap_ms_p99": percentile(gaps, 99) * 1000,
+        "health_ms_p50": median(health),
+        "health_ms_p99": percentile(health, 99),
+        "health_samples": len(health),
+    }
+
+
+def _probe_health(live, into: list, done: threading.Event) -> None:
+    while not done.is_set():
+        started = time.perf_counter()
+        requests.get(live.url("/health"), timeout=10).raise_for_status()
+        into.append((time.perf_counter() - started) * 1000)
+        done.wait(0.02)
+
+
+def joining(live, body, new_tokens) -> float:
+    """First-token time (s) of a request that arrives while 7 others are streaming."""
+    records = [{} for _ in range(7)]
+    long_body = {**body, "max_new_tokens": new_tokens * 4}
+    threads = [threading.Thread(target=stream, args=(live, long_body, r)) for r in records]
+    for thread in threads:
+        thread.start()
+    model_id = body["model_id"]
+    wait_for(lambda: _stats(live, model_id)["active"] == 7, timeout=300, interval=0.01)
+    steps = _stats(live, model_id)["decode_steps"]
+    wait_for(lambda: _stats(live, model_id)["decode_steps"] >= steps + 3, 300, interval=0.01)
+    record: dict = {}
+    stream(live, {**body, "max_new_tokens": 2}, record)
+    for thread in threads:
+        thread.join()
+    return record["arrivals"][0] - record["started"]
+
+
+def _stats(live, model_id) -> dict:
+    loaded = requests.get(live.url("/models"), timeout=10).json()["loaded"]
+    return next(m for m in loaded if m["model_id"] == model_id)
+
+
+def main() -> None:
+    """Run the whole comparison and print a table with ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="gpt2-small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--sizes", default="1,4,8,16")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    path = ensure_model(args.model)
+    from transformers import AutoTokenizer
+
+    prompt = prompt_of(AutoTokenizer.from_pretrained(path), args.prompt_tokens)
+    baseline = in_process(
+        path, prompt, sizes, args.new_tokens, args.device, getattr(torch, args.dtype)
+    )
+    env = {
+        "LLMVIZ_MODEL_ROOT": str(path.parent),
+        "LLMVIZ_DEVICE": args.device,
+        "LLMVIZ_DTYPE": args.dtype,
+        "LLMVIZ_MAX_BATCH": str(max(sizes)),
+    }
+    body = {
+        "model_id": path.name,
+        "prompt": prompt,
+        "max_new_tokens": args.new_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "return_full_text": False,
+        "details": True,
+    }
+    with LiveServer(env) as live:
+        requests.post(live.url("/generate"), json={**body, "max_new_tokens": 4}, timeout=900)
+        server = {n: concurrent(live, body, n) for n in sizes}
+        join_s = joining(live, body, args.new_tokens) if 8 in sizes else None
+
+    report = {
+        "model": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "in_process": baseline,
+        "server": server,
+        "join_ttft_s": join_s,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    _print(report, sizes)
+
+
+def _print(report: dict, sizes: list[int]) -> None:
+    base, server = report["in_process"], report["server"]
+    print(f"model {report['model']} on {report['device']} ({report['dtype']})")
+    print(
+        f"{'batch':>5} {'generate':>10} {'server':>10} {'ratio':>6} {'ttft ms':>8} "
+        f"{'gap p50':>8} {'gap p99':>8} {'health p50':>10} {'health p99':>10}"
+    )
+    for n in sizes:
+        s = server[n]
+        print(
+            f"{n:>5} {base['rates'][n]:>10.1f} {s['aggregate_tok_s']:>10.1f} "
+            f"{s['aggregate_tok_s'] / base['rates'][n]:>6.2f} {s['ttft_ms_p50']:>8.0f} "
+            f"{s['gap_ms_p50']:>8.1f} {s['gap_ms_p99']:>8.1f} {s['health_ms_p50']:>10.1f} "
+            f"{s['health_ms_p99']:>10.1f}"
+        )
+    if 8 in server and 1 in server:
+        print(
+            f"8 streams / 1 stream (server): "
+            f"{server[8]['aggregate_tok_s'] / server[1]['aggregate_tok_s']:.2f}x"
+        )
+    if report["join_ttft_s"] is not None:
+        budget = base["prefill_s"] + 2 * base["step_8_s"]
+        print(
+            f"joining 7 streams: first token after {report['join_ttft_s'] * 1000:.0f} ms; "
+            f"prefill {base['prefill_s'] * 1000:.0f} ms + 2 steps at batch 8 "
+            f"{2 * base['step_8_s'] * 1000:.0f} ms = {budget * 1000:.0f} ms "
+            f"(ratio {report['join_ttft_s'] / budget:.2f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
