@@ -166,45 +166,60 @@ class ModelWorker:
 
     def _admit(self) -> bool:
         """Prefill queued jobs into a batch; True when the close marker was reached."""
-        while len(self._running) < self._max_active:
+        arrived, closing = [], False
+        while len(self._running) + len(arrived) < self._max_active:
             try:
                 # Block only when idle: running jobs must not wait for new arrivals.
-                job = self._inbox.get(block=not self._running)
+                job = self._inbox.get(block=not (self._running or arrived))
             except queue.Empty:
-                return False
+                break
             if job is None:
-                return True
+                closing = True
+                break
             if job is _WAKE:
-                return False
-            with self._lock:
-                self.queued -= 1
-                self._running.append(job)
-            self._start(job)
-        return False
+                break
+            arrived.append(job)
+        if arrived:
+            self._start(arrived)
+        return closing
 
-    def _start(self, job: GenerationJob) -> None:
-        if self._cancel_new:
-            job.cancel()
-        job.begin(self._tokenizer, self._eos_ids, self._model.device)
-        if job.cancelled:
-            job.end_cancelled()
-            self._retire(job)
+    def _start(self, jobs: list[GenerationJob]) -> None:
+        """Prefill jobs that arrived together in one forward pass; they join at the next step."""
+        with self._lock:
+            self.queued -= len(jobs)
+            self._running += jobs
+        for job in jobs:
+            if self._cancel_new:
+                job.cancel()
+            job.begin(self._tokenizer, self._eos_ids, self._model.device)
+            if job.cancelled:
+                job.end_cancelled()
+                self._retire(job)
+        jobs = [job for job in jobs if not job.cancelled]
+        if not jobs:
             return
         group = next((g for g in self._groups if g.batch.mergeable), None)
         if group is None:
             group = _Group(DecodeBatch(self._model))
             self._groups.append(group)
         try:
-            step = group.batch.prefill(job.prompt_ids, job.watch)
+            step = group.batch.prefill([j.prompt_ids for j in jobs], [j.watch for j in jobs])
             self.prefills += 1
         except Exception as exc:  # the thread must survive any one request
-            self._fail([job], exc)
+            self._fail(jobs, exc)
+            for job in jobs:
+                self._retire(job)
             if not group.jobs:
                 self._groups.remove(group)
             return
-        group.jobs.append(job)
-        if not self._take(job, step.logits[0], step.attention[0]):
-            self._remove(group, [len(group.jobs) - 1])
+        first = len(group.jobs)
+        group.jobs += jobs
+        ended = [
+            first + i
+            for i, job in enumerate(jobs)
+            if not self._take(job, step.logits[i], step.attention[i])
+        ]
+        self._remove(group, ended)
 
     def _step(self, group: _Group) -> None:
         """One forward pass for every row of the group; retire the rows that ended."""

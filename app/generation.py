@@ -3,8 +3,9 @@
 A `DecodeBatch` holds one KV cache for all its rows. Rows are left-padded to a
 common length; an attention mask hides the padding and explicit position ids
 keep each row's own positions, so a row computes what it would compute alone
-(up to floating-point noise from different matrix shapes). A new sequence is
-prefilled on its own and then merged in; a finished one is cut out at once.
+(up to floating-point noise from different matrix shapes). Sequences that
+arrive together are prefilled together, then merged in; a finished one is cut
+out at once.
 """
 
 from __future__ import annotations
@@ -61,15 +62,30 @@ class DecodeBatch:
         )
 
     @torch.inference_mode()
-    def prefill(self, prompt_ids: Sequence[int], watch: AttentionWatch | None) -> Step:
-        """Run a new sequence's prompt on its own, then add it as the last row."""
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], watches: Sequence[AttentionWatch | None]
+    ) -> Step:
+        """Run new sequences' prompts together (left-padded), then add them as the last rows."""
+        device = self._model.device
+        lengths = [len(p) for p in prompts]
+        width = max(lengths)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(list(prompt), device=device)
+            mask[row, width - len(prompt) :] = 1
+        padded = min(lengths) < width
+        positions = (mask.cumsum(-1) - 1).clamp_min(0) if padded else None
         cache = DynamicCache(config=self._model.config)
-        ids = torch.tensor([list(prompt_ids)], device=self._model.device)
+        watched = any(w is not None for w in watches)
         # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
-        out = self._forward(ids, cache, None, None, watch is not None)
-        attention = _last_rows(out.attentions, watch, 0, len(prompt_ids)) if watch else None
-        self._merge(cache, len(prompt_ids), watch)
-        return Step(out.logits[:, -1].float(), [attention])
+        out = self._forward(ids, cache, mask if padded else None, positions, watched)
+        attention = [
+            _last_rows(out.attentions, watch, row, lengths[row]) if watch else None
+            for row, watch in enumerate(watches)
+        ]
+        self._merge(cache, mask, lengths, watches)
+        return Step(out.logits[:, -1].float(), attention)
 
     @torch.inference_mode()
     def step(self, tokens: Sequence[int]) -> Step:
@@ -107,19 +123,18 @@ class DecodeBatch:
                 layer.keys = layer.keys[..., first:, :]
                 layer.values = layer.values[..., first:, :]
 
-    def _merge(self, cache: DynamicCache, length: int, watch: AttentionWatch | None) -> None:
-        mask = torch.ones((1, length), dtype=torch.long, device=self._model.device)
+    def _merge(self, cache: DynamicCache, mask: torch.Tensor, lengths, watches) -> None:
         if self._cache is None:
             self._cache, self._mask = cache, mask
         else:
-            width = self._mask.shape[1]
-            grow, pad = max(length - width, 0), max(width - length, 0)
+            width, new_width = self._mask.shape[1], mask.shape[1]
+            grow, pad = max(new_width - width, 0), max(width - new_width, 0)
             self._mask = torch.cat([F.pad(self._mask, (grow, 0)), F.pad(mask, (pad, 0))])
             for old, new in zip(self._cache.layers, cache.layers, strict=True):
                 old.keys = torch.cat([_left_pad(old.keys, grow), _left_pad(new.keys, pad)])
                 old.values = torch.cat([_left_pad(old.values, grow), _left_pad(new.values, pad)])
-        self._lengths.append(length)
-        self.watches.append(watch)
+        self._lengths += list(lengths)
+        self.watches += list(watches)
 
     def _forward(self, ids, cache, mask, positions, watched: bool):
         # Eager attention only when a row asked for its attention: SDPA computes none.
