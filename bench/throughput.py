@@ -56,6 +56,31 @@ def in_process(path, prompt, sizes, new_tokens, device, dtype) -> dict:
     return {"rates": rates, "prefill_s": prefill, "step_8_s": step_8}
 
 
+def continuous_batching(path, prompt, sizes, new_tokens, device, dtype) -> dict[int, float]:
+    """transformers' own continuous batching (`generate_batch`), tokens/s per batch size.
+
+    Each call builds its manager, as `generate_batch` does; that set-up is included.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    ids = tokenizer(prompt)["input_ids"]
+    config = GenerationConfig(
+        max_new_tokens=new_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0
+    )
+    rates = {}
+    for size in sizes:
+        times = []
+        for _ in range(2):
+            started = time.perf_counter()
+            out = model.generate_batch(inputs=[ids] * size, generation_config=config)
+            times.append(time.perf_counter() - started)
+        made = sum(len(o.generated_tokens) for o in out.values())
+        rates[size] = made / median(times)
+    return rates
+
+
 def _generate(model, batch, new_tokens) -> float:
     started = time.perf_counter()
     model.generate(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
@@ -175,6 +200,11 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--sizes", default="1,4,8,16")
     parser.add_argument("--runs", type=int, default=2, help="clean runs per concurrency")
+    parser.add_argument(
+        "--with-cb",
+        action="store_true",
+        help="also measure transformers' continuous batching (generate_batch)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -183,9 +213,13 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     prompt = prompt_of(AutoTokenizer.from_pretrained(path), args.prompt_tokens)
-    baseline = in_process(
-        path, prompt, sizes, args.new_tokens, args.device, getattr(torch, args.dtype)
-    )
+    dtype = getattr(torch, args.dtype)
+    baseline = in_process(path, prompt, sizes, args.new_tokens, args.device, dtype)
+    if args.with_cb:
+        cb_sizes = [n for n in sizes if n in (1, 8)]
+        baseline["cb_rates"] = continuous_batching(
+            path, prompt, cb_sizes, args.new_tokens, args.device, dtype
+        )
     env = {
         "LLMVIZ_MODEL_ROOT": str(path.parent),
         "LLMVIZ_DEVICE": args.device,
@@ -239,6 +273,8 @@ def _print(report: dict, sizes: list[int]) -> None:
             f"8 streams / 1 stream (server): "
             f"{server[8]['aggregate_tok_s'] / server[1]['aggregate_tok_s']:.2f}x"
         )
+    for n, rate in base.get("cb_rates", {}).items():
+        print(f"transformers generate_batch, batch {n}: {rate:.1f} tok/s")
     if report["join_ttft_s"] is not None:
         budget = base["prefill_s"] + 2 * base["step_8_s"]
         print(
