@@ -1,6 +1,9 @@
-"""gunicorn settings; command-line flags (e.g. --bind) override these."""
+"""gunicorn settings; command-line flags (e.g. --bind) and GUNICORN_CMD_ARGS override these."""
 
 import os
+import shutil
+import signal
+import tempfile
 
 bind = "0.0.0.0:8000"
 # gevent: thousands of idle or streaming connections per worker. Torch runs on the
@@ -13,18 +16,61 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 # used in a forked child that inherited an initialised CUDA context).
 preload_app = False
 timeout = 60
+# On SIGTERM, running generations get this long to finish; the app ends the rest
+# cleanly (an `error` event) a little before it runs out.
 graceful_timeout = 30
-keepalive = 5
+# Idle keep-alive connections hold a stopping worker until they close: keep them short.
+keepalive = 2
 # gunicorn 27's control socket is one fixed path per user; several servers on one
 # machine (tests, benchmarks, blue/green) would fight over it.
 control_socket_disable = True
+
+# Prometheus multiprocess mode: every worker writes its metrics under one folder,
+# and /metrics adds them up. A folder of our own unless the deployment gives one.
+_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="llmviz-metrics-"))
+
+
+def on_starting(server):
+    """Start from empty metrics: files left by an earlier run would be added in."""
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        os.remove(os.path.join(folder, name))
+
+
+def on_exit(server):
+    """Remove the metrics folder this config made."""
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges from the totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """On SIGTERM, also tell the app, so it can end long generations before the deadline."""
+    from app import lifecycle
+
+    stop_accepting = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        stop_accepting(signum, frame)
+        lifecycle.begin_shutdown(worker.cfg.graceful_timeout)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def worker_exit(server, worker):
     """Stop the engine's threads so the worker process can exit at once."""
     import gevent
 
-    from app import models
+    from app import lifecycle, models
 
+    lifecycle.stop_background()
     models.cache.shutdown()
     gevent.get_hub().threadpool.kill()

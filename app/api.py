@@ -8,12 +8,12 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from app import inputs, models, responses, sse
+from app import inputs, metrics, models, requestlog, responses, sse
 from app.concurrency import run_off_hub
 from app.config import Settings
 from app.connection import disconnect_probe
 from app.engine import WorkerClosed
-from app.errors import APIError, BadRequest, GenerationFailed, Overloaded
+from app.errors import APIError, BadRequest, GenerationFailed, Overloaded, ShuttingDown
 from app.generation import AttentionWatch
 from app.jobs import DoneEvent, ErrorEvent, GenerationJob, TokenEvent
 from app.models import LoadedModel, ModelSpec
@@ -36,6 +36,7 @@ def tokenize():
     body = inputs.read_body(TokenizeRequest)
     lm = models.cache.get(inputs.model_spec(body.model_id))
     tokens = run_off_hub(inputs.tokenize, lm, body)
+    requestlog.record().update(model=lm.spec.model_id, prompt_tokens=len(tokens.ids))
     return jsonify(
         token_ids=tokens.ids,
         tokens=tokens.pieces,
@@ -51,6 +52,7 @@ def detokenize():
     """Turn token ids back into text."""
     body = inputs.read_body(DetokenizeRequest)
     lm = models.cache.get(inputs.model_spec(body.model_id))
+    requestlog.record()["model"] = lm.spec.model_id
     text = lm.tokenizer.decode(
         inputs.check_token_ids(lm, body.token_ids),
         skip_special_tokens=body.skip_special_tokens,
@@ -64,7 +66,8 @@ def generate():
     """Generate a continuation and answer with the whole text at once."""
     body = inputs.read_body(GenerateRequest)
     settings = inputs.settings()
-    job, prompt = _submit(models.cache.get(inputs.model_spec(body.model_id)), body, settings)
+    lm = models.cache.get(inputs.model_spec(body.model_id))
+    job, prompt = _submit(lm, body, settings)
     pieces, tokens, done = [], [], None
     try:
         for event in job.events(settings.sse_ping_seconds):
@@ -79,6 +82,9 @@ def generate():
     finally:
         job.cancel()  # a no-op when finished; stops the worker if this handler dies early
     text = "".join(pieces)
+    account(requestlog.record(), lm.spec.model_id, done, prompt, text)
+    if done.finish_reason == "shutdown":
+        raise ShuttingDown
     answer: dict[str, Any] = {"text": prompt + text if body.return_full_text else text}
     if body.details:
         answer["details"] = responses.details(done, tokens)
@@ -97,7 +103,9 @@ def generate_stream():
     else:
         run_off_hub(models.check_available, spec)  # an unknown model is a 404, not an event
         models.cache.begin(spec)  # load while the headers go out
-    stream = _stream(spec, body, prepared, settings, disconnect_probe(request.environ))
+    stream = _stream(
+        spec, body, prepared, settings, disconnect_probe(request.environ), requestlog.record()
+    )
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS)
 
 
@@ -107,6 +115,7 @@ def _stream(
     prepared: tuple[GenerationJob, str] | None,
     settings: Settings,
     client_gone: Callable[[], bool],
+    record: dict[str, Any],
 ) -> Iterator[bytes]:
     # Values are passed in: the request context is gone by the time this runs.
     ping = settings.sse_ping_seconds
@@ -119,9 +128,15 @@ def _stream(
         job, prompt = prepared
         if body.return_full_text:
             yield sse.format_event(prompt)
+        pieces = []
         for event in job.events(ping):
             if client_gone():
+                record["finish_reason"] = "disconnected"
                 return  # `finally` cancels the job
+            if isinstance(event, TokenEvent | DoneEvent):
+                pieces.append(event.text)
+            if isinstance(event, DoneEvent):
+                account(record, spec.model_id, event, prompt, "".join(pieces))
             yield from responses.stream_event(event, body.details)
     except APIError as exc:
         yield responses.error_event(exc)
@@ -168,6 +183,21 @@ def _submit(
         except WorkerClosed:  # evicted between lookup and submit: load it again
             lm = models.cache.get(lm.spec)
     raise Overloaded("the model is being reloaded; retry shortly")
+
+
+def account(record: dict[str, Any], model: str, done: DoneEvent, prompt: str, text: str) -> None:
+    """Put a finished generation into the request log and the metrics."""
+    record.update(
+        model=model,
+        prompt_tokens=done.prompt_tokens,
+        generated_tokens=done.generated_tokens,
+        finish_reason=done.finish_reason,
+        ttft_ms=done.timing.get("ttft_ms"),
+        queue_ms=done.timing.get("queue_ms"),
+        prompt=prompt,
+        output=text,
+    )
+    metrics.observe_generation(model, done.timing, done.prompt_tokens, done.generated_tokens)
 
 
 def _attention_watch(lm: LoadedModel, body: GenerateRequest) -> AttentionWatch | None:

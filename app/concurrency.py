@@ -43,6 +43,29 @@ def start_native_thread(target: Callable[[], None]) -> None:
     _start_new_thread(target, ())
 
 
+def spawn(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run `fn` in the background as a greenlet (under gevent) or a daemon thread.
+
+    Unlike `threading.Thread.start`, this never blocks, so it is safe in a signal
+    handler. Returns the greenlet (which `stop` can kill) or None for a thread.
+    """
+    if gevent_patched():
+        import gevent
+
+        return gevent.spawn(fn, *args)
+    import threading
+
+    threading.Thread(target=fn, args=args, daemon=True).start()
+    return None
+
+
+def stop(greenlets: list[Any]) -> None:
+    """Kill background greenlets (a sleeping one would hold the worker process open)."""
+    for greenlet in greenlets:
+        if greenlet is not None:
+            greenlet.kill(block=False)
+
+
 def run_off_hub(fn: Callable[..., T], *args: Any) -> T:
     """Call a long blocking function without stalling other greenlets."""
     if gevent_patched():

@@ -30,6 +30,13 @@ class Settings:
     sse_ping_seconds: float = 10.0
     max_inspect_tokens: int = 1024
     max_inspect_bytes: int = 32 * 1024 * 1024
+    api_keys: tuple[str, ...] = ()
+    api_keys_file: str = ""
+    public_docs: bool = False
+    model_allowlist: tuple[str, ...] = ()
+    model_ttl: float = 0.0  # seconds; 0 keeps models until evicted or unloaded
+    log_json: bool = False
+    log_text: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -56,6 +63,19 @@ class Settings:
                 raise ValueError(f"LLMVIZ_{f.name.upper()} must be at least 1")
         if self.sse_ping_seconds <= 0:
             raise ValueError("LLMVIZ_SSE_PING_SECONDS must be positive")
+        if self.model_ttl < 0:
+            raise ValueError("LLMVIZ_MODEL_TTL must be 0 (off) or a number of seconds")
+
+    def all_api_keys(self) -> tuple[str, ...]:
+        """Keys from LLMVIZ_API_KEYS and LLMVIZ_API_KEYS_FILE (one per line, # comments)."""
+        keys = list(self.api_keys)
+        if self.api_keys_file:
+            try:
+                lines = Path(self.api_keys_file).read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ValueError(f"LLMVIZ_API_KEYS_FILE cannot be read: {exc.strerror}") from None
+            keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        return tuple(keys)
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

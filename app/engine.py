@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,13 +86,14 @@ class ModelWorker:
         self._tasks = NativeQueue()
         self._lock = native_lock()
         self._closed = False
-        self._cancel_new = False
+        self._cancel_new: str | None = None  # a reason: cancel new jobs as they arrive
         self._running: list[GenerationJob] = []  # admitted and not yet ended, for stats
         self._groups: list[_Group] = []
         self._alive = native_lock()  # held by the thread while it runs; see join()
         self._alive.acquire()
         self.queued = 0
         self.completed_jobs = 0
+        self.last_finished = 0.0  # wall-clock time the last job ended
         self.decode_steps = 0  # batched forward passes
         self.prefills = 0
         self._finished_tokens = 0
@@ -123,13 +125,18 @@ class ModelWorker:
         self._tasks.put(task)
         self._inbox.put(_WAKE)
 
+    def cancel_all(self, reason: str = "cancelled") -> None:
+        """End every running job, and every queued one as it is reached."""
+        with self._lock:
+            for job in self._running:
+                job.cancel(reason)
+            self._cancel_new = reason
+
     def close(self, cancel: bool = False) -> None:
         """Stop taking jobs; finish (or with `cancel`, abandon) the accepted ones, then exit."""
+        if cancel:
+            self.cancel_all()
         with self._lock:
-            if cancel:
-                for job in self._running:
-                    job.cancel()
-                self._cancel_new = True
             if self._closed:
                 return
             self._closed = True
@@ -200,7 +207,7 @@ class ModelWorker:
             self._running += jobs
         for job in jobs:
             if self._cancel_new:
-                job.cancel()
+                job.cancel(self._cancel_new)
             job.begin(self._tokenizer, self._eos_ids, self._model.device)
             if job.cancelled:
                 job.end_cancelled()
@@ -290,6 +297,7 @@ class ModelWorker:
             self._running.remove(job)
             self._finished_tokens += job.generated
             self.completed_jobs += 1
+            self.last_finished = time.time()
 
     def _release(self) -> None:
         device = getattr(self._model, "device", None)

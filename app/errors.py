@@ -34,6 +34,17 @@ class ModelNotFound(APIError):
     status, code = 404, "model_not_found"
 
 
+class ModelNotAllowed(APIError):
+    status, code = 403, "model_not_allowed"
+
+
+class ShuttingDown(APIError):
+    status, code = 503, "shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down; retry shortly", headers={"Retry-After": "5"})
+
+
 class PayloadTooLarge(APIError):
     status, code = 413, "payload_too_large"
 

@@ -52,7 +52,7 @@ class TokenEvent:
 class DoneEvent:
     """The generation ended; `text` is the last text to send (held back until now)."""
 
-    finish_reason: str  # "length", "eos", "stop" or "cancelled"
+    finish_reason: str  # "length", "eos", "stop", "cancelled" or "shutdown"
     prompt_tokens: int
     generated_tokens: int
     text: str = ""
@@ -83,6 +83,7 @@ class GenerationJob:
         self.params = params
         self.watch = watch
         self.cancelled = False  # set by the handler, read by the worker (atomic under the GIL)
+        self.cancel_reason = "cancelled"
         self.generated = 0  # live count, read by the worker's stats
         self._mailbox = Mailbox()
         self._stop = StopMatcher(stop)
@@ -107,9 +108,11 @@ class GenerationJob:
             if not isinstance(event, TokenEvent):
                 return
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "cancelled") -> None:
         """Ask the worker to stop this job before its next step."""
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancel_reason = reason
+            self.cancelled = True
 
     # -- the worker thread's side --
 
@@ -141,8 +144,8 @@ class GenerationJob:
         return True
 
     def end_cancelled(self) -> None:
-        """Close a job whose reader went away (or that was abandoned at shutdown)."""
-        self._finish("cancelled")
+        """Close a job whose reader went away (or that was ended at shutdown)."""
+        self._finish(self.cancel_reason)
 
     def fail(self, message: str) -> None:
         """Report a failure to the waiting handler."""

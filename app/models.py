@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import fnmatch
 import functools
 import logging
 import re
@@ -13,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from app import metrics
 from app.architecture import describe, read_raw_config
 from app.concurrency import run_off_hub
 from app.config import Settings
 from app.engine import ModelWorker
-from app.errors import APIError, BadRequest, ModelLoadFailed, ModelNotFound
+from app.errors import APIError, BadRequest, ModelLoadFailed, ModelNotAllowed, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,13 @@ class LoadedModel:
     memory_bytes: int = 0
     last_used: float = field(default_factory=time.time)
 
+    def idle_since(self, now: float) -> float:
+        """Seconds since this model last served anything (0 while it is busy)."""
+        stats = self.worker.stats()
+        if stats["active"] or stats["queued"]:
+            return 0.0
+        return now - max(self.last_used, self.worker.last_finished)
+
     def shape(self) -> dict[str, int]:
         """Layer and head counts, for checking selections."""
         config = self.model.config.get_text_config()
@@ -63,7 +72,7 @@ class LoadedModel:
             "context_length": self.context_length,
             "load_seconds": round(self.load_seconds, 3),
             "memory_bytes": self.memory_bytes,
-            "last_used": self.last_used,
+            "last_used": max(self.last_used, self.worker.last_finished),
             **self.worker.stats(),
         }
 
@@ -82,6 +91,9 @@ def resolve(model_id: str, settings: Settings) -> ModelSpec:
             "model_id must be a folder name under LLMVIZ_MODEL_ROOT or a Hugging Face id; "
             "absolute paths and '..' are not allowed"
         )
+    allowed = settings.model_allowlist
+    if allowed and not any(fnmatch.fnmatchcase(model_id, pattern) for pattern in allowed):
+        raise ModelNotAllowed(f"model {model_id!r} is not in this server's LLMVIZ_MODEL_ALLOWLIST")
     folder = settings.model_root / model_id
     if folder.is_dir():
         return ModelSpec(model_id, str(folder), local=True)
@@ -231,12 +243,12 @@ class ModelCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._slots: OrderedDict[ModelSpec, _Slot] = OrderedDict()
-        self._settings = Settings()
+        self.settings = Settings()
         self.loads_started = 0
 
     def configure(self, settings: Settings) -> None:
         """Adopt the app's settings (capacity, device, dtype, queue size)."""
-        self._settings = settings
+        self.settings = settings
 
     def get(self, spec: ModelSpec, timeout: float | None = None) -> LoadedModel:
         """Return the model, loading it if needed; waits at most `timeout` seconds."""
@@ -284,6 +296,39 @@ class ModelCache:
             if not worker.join(timeout):
                 log.warning("a model thread did not stop within %.1fs", timeout)
 
+    def unload(self, spec: ModelSpec) -> LoadedModel | None:
+        """Take a model out of the cache; it finishes its accepted work, then frees its memory."""
+        with self._lock:
+            slot = self._slots.get(spec)
+            if slot is None or slot.model is None:
+                return None
+            del self._slots[spec]
+        slot.model.worker.close()
+        return slot.model
+
+    def unload_idle(self, ttl: float) -> list[LoadedModel]:
+        """Unload models that have done nothing for `ttl` seconds."""
+        now = time.time()
+        with self._lock:
+            idle = [
+                (spec, slot.model)
+                for spec, slot in self._slots.items()
+                if slot.model is not None and slot.model.idle_since(now) > ttl
+            ]
+            for spec, _ in idle:
+                del self._slots[spec]
+        for _, lm in idle:
+            log.info(
+                "unloading model %s: idle for over %.0fs (LLMVIZ_MODEL_TTL)", lm.spec.model_id, ttl
+            )
+            lm.worker.close()
+        return [lm for _, lm in idle]
+
+    def drain(self, reason: str) -> None:
+        """End every running and queued generation (server shutdown)."""
+        for lm in self.loaded():
+            lm.worker.cancel_all(reason)
+
     def shutdown(self) -> None:
         """Stop every model thread before the process exits.
 
@@ -294,7 +339,8 @@ class ModelCache:
 
     def _load(self, spec: ModelSpec, slot: _Slot) -> None:
         try:
-            slot.model = run_off_hub(load, spec, self._settings)
+            slot.model = run_off_hub(load, spec, self.settings)
+            metrics.LOAD_SECONDS.labels(spec.model_id).observe(slot.model.load_seconds)
         except APIError as exc:
             slot.error = exc
         except Exception as exc:  # keep the waiting requests informed, whatever happened
@@ -311,7 +357,7 @@ class ModelCache:
 
     def _evict_over_capacity(self) -> list[LoadedModel]:
         loaded = [(spec, s) for spec, s in self._slots.items() if s.model is not None]
-        excess = len(loaded) - self._settings.cache_size
+        excess = len(loaded) - self.settings.cache_size
         evicted = []
         for spec, slot in loaded[: max(excess, 0)]:
             del self._slots[spec]

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from app import sse
-from app.errors import APIError, GenerationFailed
+from app.errors import APIError, GenerationFailed, ShuttingDown
 from app.jobs import DoneEvent, ErrorEvent, Event, TokenEvent
 
 
@@ -55,7 +55,9 @@ def stream_event(event: Event | None, with_details: bool) -> Iterator[bytes]:
     else:
         if event.text:
             yield sse.format_event(event.text)
-        if isinstance(event, DoneEvent) and with_details:
+        if isinstance(event, DoneEvent) and event.finish_reason == "shutdown":
+            yield error_event(ShuttingDown())
+        elif isinstance(event, DoneEvent) and with_details:
             yield sse.format_event(json.dumps(done_json(event)), event="done")
 
 

@@ -7,11 +7,11 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from app import inputs, inspection, models
+from app import inputs, inspection, models, requestlog
 from app.api import check_indices
 from app.concurrency import run_off_hub
 from app.engine import ModelTask, WorkerClosed
-from app.errors import Overloaded, PayloadTooLarge
+from app.errors import ModelNotFound, Overloaded, PayloadTooLarge
 from app.models import LoadedModel
 from app.schemas import InspectRequest
 
@@ -26,6 +26,19 @@ def list_models():
         loaded=[lm.describe() for lm in models.cache.loaded()],
         available=models.list_local(settings.model_root),
         default_model=settings.default_model,
+    )
+
+
+@bp.delete("/models/<path:model_id>")
+def unload_model(model_id: str):
+    """Unload a model: it finishes the work it has accepted, then its memory is freed."""
+    spec = inputs.model_spec(model_id)
+    lm = models.cache.unload(spec)
+    if lm is None:
+        raise ModelNotFound(f"model {spec.model_id!r} is not loaded")
+    stats = lm.worker.stats()
+    return jsonify(
+        model_id=spec.model_id, unloaded=True, finishing=stats["active"] + stats["queued"]
     )
 
 
@@ -50,6 +63,7 @@ def inspect():
     settings = inputs.settings()
     lm = models.cache.get(inputs.model_spec(body.model_id))
     tokens = run_off_hub(inputs.tokenize, lm, body)
+    requestlog.record().update(model=lm.spec.model_id, prompt_tokens=len(tokens.ids))
     if len(tokens.ids) > settings.max_inspect_tokens:
         raise PayloadTooLarge(
             f"the input has {len(tokens.ids)} tokens; /inspect takes at most "

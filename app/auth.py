@@ -1,0 +1,47 @@
+"""API keys: when any are configured, every request but /health and preflights needs one."""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Flask, request
+
+from app.errors import APIError
+
+_PUBLIC = {"api.health"}
+_DOCS = {"docs.openapi", "docs.page", "docs.asset"}
+
+
+class Unauthorized(APIError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self, message: str, error: str | None = None) -> None:
+        challenge = 'Bearer realm="llmviz"' + (f', error="{error}"' if error else "")
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
+
+def init_app(app: Flask) -> None:
+    """Check `Authorization: Bearer <key>` on every request that needs it."""
+    settings = app.config["LLMVIZ"]
+    keys = [key.encode() for key in settings.all_api_keys()]
+    if not keys:
+        return
+    public = _PUBLIC | (_DOCS if settings.public_docs else set())
+
+    @app.before_request
+    def _require_key():
+        if request.method == "OPTIONS" or request.endpoint in public:
+            return  # CORS preflights carry no credentials by design
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("this server needs an API key: send `Authorization: Bearer <key>`")
+        if not _known(token.strip().encode(), keys):
+            raise Unauthorized("the API key is not valid", error="invalid_token")
+
+
+def _known(token: bytes, keys: list[bytes]) -> bool:
+    # Compare with every key, in constant time, with no early exit.
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(token, key)
+    return found

@@ -1,0 +1,63 @@
+"""Background duties of a worker process: idle-model unloading, gauges, clean shutdown."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from app import metrics, models
+from app.concurrency import spawn, stop
+
+log = logging.getLogger(__name__)
+_INTERVAL = 1.0  # seconds between housekeeping rounds
+_started = False
+_background: list = []  # greenlets to kill when the worker exits
+
+
+def start_housekeeping() -> None:
+    """Start this process's housekeeping loop (once; a greenlet under gevent)."""
+    global _started
+    if _started:
+        return
+    _started = True
+    _background.append(spawn(_housekeep))
+
+
+def refresh_gauges() -> None:
+    """Set this process's active/queued/loaded gauges from the engine."""
+    metrics.set_engine_gauges([lm.worker.stats() for lm in models.cache.loaded()])
+
+
+def begin_shutdown(grace_seconds: float) -> None:
+    """The worker was told to stop: end generations that would outlive `grace_seconds`.
+
+    Requests that finish in time finish normally; the rest are ended a little
+    before the deadline, so their streams close with an `error` event
+    (`shutting_down`) instead of being cut off.
+    """
+    margin = min(2.0, grace_seconds / 2)
+    _background.append(spawn(_drain_later, grace_seconds - margin))
+
+
+def stop_background() -> None:
+    """Stop housekeeping and any pending shutdown timer (the worker is exiting)."""
+    stop(_background)
+    _background.clear()
+
+
+def _drain_later(delay: float) -> None:
+    time.sleep(max(delay, 0.0))
+    log.info("shutting down: ending the generations still running")
+    models.cache.drain("shutdown")
+
+
+def _housekeep() -> None:
+    while True:
+        time.sleep(_INTERVAL)
+        try:
+            ttl = models.cache.settings.model_ttl
+            if ttl > 0:
+                models.cache.unload_idle(ttl)
+            refresh_gauges()
+        except Exception:  # never let housekeeping die
+            log.exception("housekeeping failed")
