@@ -92,7 +92,7 @@ def build_document(views: dict[str, Any], with_keys: bool) -> dict[str, Any]:
             operation["security"] = [{"bearer": []}]
         paths.setdefault(path, {})[method] = operation
     document: dict[str, Any] = {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "llmviz-server", "version": "1.0"},
         "paths": paths,
         "components": {"schemas": top.get("$defs", {})},

@@ -95,7 +95,7 @@ def resolve(model_id: str, settings: Settings) -> ModelSpec:
     if allowed and not any(fnmatch.fnmatchcase(model_id, pattern) for pattern in allowed):
         raise ModelNotAllowed(f"model {model_id!r} is not in this server's LLMVIZ_MODEL_ALLOWLIST")
     folder = settings.model_root / model_id
-    if folder.is_dir():
+    if _is_dir(folder):
         return ModelSpec(model_id, str(folder), local=True)
     if not settings.allow_hub:
         raise ModelNotFound(
@@ -105,6 +105,13 @@ def resolve(model_id: str, settings: Settings) -> ModelSpec:
     if not _HUB_ID.match(model_id) or "--" in model_id or ".." in model_id:
         raise ModelNotFound(f"model {model_id!r} is not a local folder or a valid Hugging Face id")
     return ModelSpec(model_id, model_id, local=False)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long for the file system is simply not a folder
+        return False
 
 
 def check_available(spec: ModelSpec) -> None:

@@ -71,7 +71,8 @@ class GenerateRequest(_PromptBody):
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
     top_k: int = Field(0, ge=0, description="Keep the k likeliest tokens; 0 turns it off.")
     repetition_penalty: float = Field(1.0, gt=0, description="1.0 means no penalty.")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="Seed for reproducible sampling.")
+    # 2**53: the largest integer a browser's JSON numbers hold exactly.
+    seed: int | None = Field(None, ge=0, le=2**53, description="Seed for reproducible sampling.")
     ignore_eos: bool = Field(False, description="Keep generating past end-of-sequence.")
     stop: list[str] = Field(
         default_factory=list, max_length=8, description="End at the first of these strings."

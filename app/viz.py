@@ -11,7 +11,7 @@ from app import inputs, inspection, models, requestlog
 from app.api import check_indices
 from app.concurrency import run_off_hub
 from app.engine import ModelTask, WorkerClosed
-from app.errors import ModelNotFound, Overloaded, PayloadTooLarge
+from app.errors import BadRequest, ModelNotFound, Overloaded, PayloadTooLarge
 from app.models import LoadedModel
 from app.schemas import InspectRequest
 
@@ -64,6 +64,8 @@ def inspect():
     lm = models.cache.get(inputs.model_spec(body.model_id))
     tokens = run_off_hub(inputs.tokenize, lm, body)
     requestlog.record().update(model=lm.spec.model_id, prompt_tokens=len(tokens.ids))
+    if not tokens.ids:
+        raise BadRequest("the input has no tokens to inspect")
     if len(tokens.ids) > settings.max_inspect_tokens:
         raise PayloadTooLarge(
             f"the input has {len(tokens.ids)} tokens; /inspect takes at most "
