@@ -12,8 +12,7 @@ from app import inputs, metrics, models, requestlog, responses, sse
 from app.concurrency import run_off_hub
 from app.config import Settings
 from app.connection import disconnect_probe
-from app.engine import WorkerClosed
-from app.errors import APIError, BadRequest, GenerationFailed, Overloaded, ShuttingDown
+from app.errors import APIError, BadRequest, GenerationFailed, ShuttingDown
 from app.generation import AttentionWatch
 from app.jobs import DoneEvent, ErrorEvent, GenerationJob, TokenEvent
 from app.models import LoadedModel, ModelSpec
@@ -176,13 +175,8 @@ def _submit(
     params = SamplingParams(**fields, logprobs=body.details)
     watch = _attention_watch(lm, body)
     job = GenerationJob(prompt_ids, params, tuple(body.stop), watch)
-    for _ in range(3):
-        try:
-            lm.worker.submit(job)
-            return job, prompt
-        except WorkerClosed:  # evicted between lookup and submit: load it again
-            lm = models.cache.get(lm.spec)
-    raise Overloaded("the model is being reloaded; retry shortly")
+    models.submit(lm, job)
+    return job, prompt
 
 
 def account(record: dict[str, Any], model: str, done: DoneEvent, prompt: str, text: str) -> None:
@@ -204,15 +198,8 @@ def _attention_watch(lm: LoadedModel, body: GenerateRequest) -> AttentionWatch |
     if body.attention is None:
         return None
     shape = lm.shape()
-    layers = check_indices(body.layers, shape["n_layers"], "layer")
-    heads = None if body.heads == "all" else check_indices(body.heads, shape["n_heads"], "head")
-    return AttentionWatch(tuple(layers), None if heads is None else tuple(heads))
-
-
-def check_indices(indices: list[int] | None, count: int, what: str) -> list[int]:
-    """Selected layer or head indices (all when None), each checked against `count`."""
-    if indices is None:
-        return list(range(count))
-    if bad := [i for i in indices if i >= count]:
-        raise BadRequest(f"{what} {bad[0]} does not exist: this model has {count} {what}s")
-    return list(dict.fromkeys(indices))
+    layers = inputs.check_indices(body.layers, shape["n_layers"], "layer")
+    heads = None
+    if body.heads != "all":
+        heads = tuple(inputs.check_indices(body.heads, shape["n_heads"], "head"))
+    return AttentionWatch(tuple(layers), heads)

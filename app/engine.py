@@ -101,19 +101,16 @@ class ModelWorker:
 
     def submit(self, job: GenerationJob) -> None:
         """Queue a job, or refuse it when the queue is full or the worker closed."""
-        with self._lock:
-            if self._closed:
-                raise WorkerClosed
-            if self.queued >= self._max_queue:
-                raise Overloaded(
-                    "too many queued generations for this model "
-                    f"(LLMVIZ_MAX_QUEUE={self._max_queue})"
-                )
-            self.queued += 1
+        self._reserve_place()
         self._inbox.put(job)
 
     def submit_task(self, task: ModelTask) -> None:
         """Queue a task to run before the next decoding step."""
+        self._reserve_place()
+        self._tasks.put(task)
+        self._inbox.put(_WAKE)
+
+    def _reserve_place(self) -> None:
         with self._lock:
             if self._closed:
                 raise WorkerClosed
@@ -122,8 +119,6 @@ class ModelWorker:
                     f"too much queued work for this model (LLMVIZ_MAX_QUEUE={self._max_queue})"
                 )
             self.queued += 1
-        self._tasks.put(task)
-        self._inbox.put(_WAKE)
 
     def cancel_all(self, reason: str = "cancelled") -> None:
         """End every running job, and every queued one as it is reached."""

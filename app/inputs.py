@@ -105,6 +105,15 @@ def check_token_ids(lm: LoadedModel, ids: Sequence[int]) -> list[int]:
     return list(ids)
 
 
+def check_indices(indices: list[int] | None, count: int, what: str) -> list[int]:
+    """Selected layer or head indices (all when None), each checked against `count`."""
+    if indices is None:
+        return list(range(count))
+    if bad := [i for i in indices if i >= count]:
+        raise BadRequest(f"{what} {bad[0]} does not exist: this model has {count} {what}s")
+    return list(dict.fromkeys(indices))
+
+
 def _tokens(prompt: str, ids, pieces, tokenizer: Any, offsets) -> Tokens:
     special_ids = set(tokenizer.all_special_ids)
     special = [token_id in special_ids for token_id in ids]

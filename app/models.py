@@ -18,8 +18,16 @@ from app import metrics
 from app.architecture import describe, read_raw_config
 from app.concurrency import run_off_hub
 from app.config import Settings
-from app.engine import ModelWorker
-from app.errors import APIError, BadRequest, ModelLoadFailed, ModelNotAllowed, ModelNotFound
+from app.engine import ModelTask, ModelWorker, WorkerClosed
+from app.errors import (
+    APIError,
+    BadRequest,
+    ModelLoadFailed,
+    ModelNotAllowed,
+    ModelNotFound,
+    Overloaded,
+)
+from app.jobs import GenerationJob
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +378,20 @@ class ModelCache:
             del self._slots[spec]
             evicted.append(slot.model)
         return evicted
+
+
+def submit(lm: LoadedModel, work: GenerationJob | ModelTask) -> None:
+    """Hand work to the model's thread; if it was unloaded a moment ago, load it again."""
+    for _ in range(3):
+        try:
+            if isinstance(work, ModelTask):
+                lm.worker.submit_task(work)
+            else:
+                lm.worker.submit(work)
+            return
+        except WorkerClosed:  # evicted between lookup and submit
+            lm = cache.get(lm.spec)
+    raise Overloaded("the model is being reloaded; retry shortly")
 
 
 cache = ModelCache()

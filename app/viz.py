@@ -8,10 +8,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from app import inputs, inspection, models, requestlog
-from app.api import check_indices
 from app.concurrency import run_off_hub
-from app.engine import ModelTask, WorkerClosed
-from app.errors import BadRequest, ModelNotFound, Overloaded, PayloadTooLarge
+from app.engine import ModelTask
+from app.errors import BadRequest, ModelNotFound, PayloadTooLarge
 from app.models import LoadedModel
 from app.schemas import InspectRequest
 
@@ -76,7 +75,7 @@ def inspect():
     task = ModelTask(
         lambda model, tokenizer: inspection.inspect(model, tokenizer, tokens.ids, selection)
     )
-    _submit(lm, task)
+    models.submit(lm, task)
     answer: dict[str, Any] = {"model_id": lm.spec.model_id, "token_ids": tokens.ids}
     if "tokens" in selection.include:
         answer["tokens"] = [
@@ -95,8 +94,10 @@ def _selection(lm: LoadedModel, body: InspectRequest) -> inspection.Selection:
     return inspection.Selection(
         include=frozenset(body.include),
         top_k=body.top_k,
-        layers=tuple(check_indices(body.layers, shape["n_layers"], "layer")),
-        heads=None if heads == "all" else tuple(check_indices(heads, shape["n_heads"], "head")),
+        layers=tuple(inputs.check_indices(body.layers, shape["n_layers"], "layer")),
+        heads=None
+        if heads == "all"
+        else tuple(inputs.check_indices(heads, shape["n_heads"], "head")),
         attention_format=body.attention.format,
         attention_k=body.attention.k,
     )
@@ -111,13 +112,3 @@ def _check_size(lm: LoadedModel, sel: inspection.Selection, tokens: int, limit: 
             f"LLMVIZ_MAX_INSPECT_BYTES ({limit / 1e6:.1f} MB): ask for fewer layers or heads, "
             "topk attention, or a shorter input"
         )
-
-
-def _submit(lm: LoadedModel, task: ModelTask) -> None:
-    for _ in range(3):
-        try:
-            lm.worker.submit_task(task)
-            return
-        except WorkerClosed:  # evicted between lookup and submit: load it again
-            lm = models.cache.get(lm.spec)
-    raise Overloaded("the model is being reloaded; retry shortly")
