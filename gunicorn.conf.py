@@ -36,7 +36,8 @@ def on_starting(server):
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(folder):
-        os.remove(os.path.join(folder, name))
+        if name.endswith(".db"):  # prometheus_client's files, and nothing else
+            os.remove(os.path.join(folder, name))
 
 
 def on_exit(server):
