@@ -299,6 +299,11 @@ class ModelCache:
         with self._lock:
             return [slot.model for slot in self._slots.values() if slot.model is not None]
 
+    def loading(self) -> list[str]:
+        """Ids of the models being loaded right now."""
+        with self._lock:
+            return [spec.model_id for spec, slot in self._slots.items() if not slot.ready.is_set()]
+
     def clear(self, cancel: bool = False, timeout: float = 0.0) -> None:
         """Unload everything; with `cancel`, abandon running work. Waits up to `timeout`."""
         with self._lock:

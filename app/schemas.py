@@ -242,6 +242,7 @@ class ModelsResponse(_Out):
     """GET /models."""
 
     loaded: list[dict[str, Any]]
+    loading: list[str]
     available: list[str]
     default_model: str
 

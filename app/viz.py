@@ -23,6 +23,7 @@ def list_models():
     settings = inputs.settings()
     return jsonify(
         loaded=[lm.describe() for lm in models.cache.loaded()],
+        loading=models.cache.loading(),
         available=models.list_local(settings.model_root),
         default_model=settings.default_model,
     )

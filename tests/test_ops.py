@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -433,3 +434,34 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_drift(start_server):
     assert result.returncode == 0, result.stdout[-4000:]
     assert "Server error" not in result.stdout
     assert requests.get(live.url("/health"), timeout=5).ok
+
+
+def test_health_answers_while_a_model_loads(start_server, big_root):
+    # bfloat16: every weight is converted while loading, so the load takes a while.
+    live = start_server(LLMVIZ_MODEL_ROOT=str(big_root), LLMVIZ_DTYPE="bfloat16")
+    requests.post(live.url("/tokenize"), json={"model_id": "tiny-gpt2", "prompt": "x"}, timeout=60)
+    loader = threading.Thread(
+        target=lambda: requests.post(
+            live.url("/tokenize"), json={"model_id": "big-gpt2", "prompt": "x"}, timeout=120
+        )
+    )
+    loader.start()
+    wait_for(
+        lambda: "big-gpt2" in _models(live)["loading"],
+        timeout=30,
+        interval=0.005,
+        message="the load to start",
+    )
+    latencies = []
+    while "big-gpt2" in _models(live)["loading"]:
+        started = time.perf_counter()
+        assert requests.get(live.url("/health"), timeout=5).ok
+        latencies.append(time.perf_counter() - started)
+    loader.join(timeout=60)
+    assert latencies, "the load ended before /health could be probed"
+    assert max(latencies) < 0.25, f"slowest /health during the load: {max(latencies):.3f}s"
+    assert "big-gpt2" in [m["model_id"] for m in _models(live)["loaded"]]
+
+
+def _models(live):
+    return requests.get(live.url("/models"), timeout=5).json()
