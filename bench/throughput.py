@@ -225,6 +225,7 @@ def main() -> None:
         "LLMVIZ_DEVICE": args.device,
         "LLMVIZ_DTYPE": args.dtype,
         "LLMVIZ_MAX_BATCH": str(max(sizes)),
+        "LLMVIZ_MAX_QUEUE": str(2 * max(sizes)),  # a burst of N arrives before any is admitted
     }
     body = {
         "model_id": path.name,
