@@ -82,3 +82,74 @@ def test_prompts_prefilled_together_match_their_solo_runs(model_root, model_id):
             torch.testing.assert_close(logits[row], solo[row][step], atol=1e-4, rtol=0)
         if step < 4:
             logits = batch.step([int(row.argmax()) for row in logits]).logits
+
+
+@pytest.fixture(scope="module")
+def sliding_root(tmp_path_factory):
+    """A tiny Mistral whose KV cache is a sliding window (4 tokens): it cannot be merged."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from tests.tiny_models import build_llama_tokenizer
+
+    root = tmp_path_factory.mktemp("sliding")
+    tokenizer = build_llama_tokenizer()
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=4,
+        max_position_embeddings=512,
+    )
+    MistralForCausalLM(config).save_pretrained(root / "tiny-mistral")
+    tokenizer.save_pretrained(root / "tiny-mistral")
+    return root
+
+
+def test_sliding_window_rows_prefilled_together_match_their_solo_runs(sliding_root):
+    model = AutoModelForCausalLM.from_pretrained(sliding_root / "tiny-mistral").eval()
+    solo = [_alone(model, prompt, 6) for prompt in PROMPTS[:2]]
+    batch = DecodeBatch(model)
+    logits = batch.prefill(PROMPTS[:2], [None, None]).logits
+    assert not batch.mergeable  # later arrivals get a batch of their own
+    for step in range(7):
+        for row in range(2):
+            torch.testing.assert_close(logits[row], solo[row][step], atol=1e-4, rtol=0)
+        if step < 6:
+            logits = batch.step([int(row.argmax()) for row in logits]).logits
+
+
+def test_sliding_window_model_serves_overlapping_requests(sliding_root):
+    import threading
+
+    from app import create_app
+
+    client = create_app({"model_root": sliding_root}).test_client()
+    bodies = [
+        {
+            "model_id": "tiny-mistral",
+            "prompt": prompt,
+            "max_new_tokens": 150,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
+        for prompt in ("A first prompt, longer than the window", "Second")
+    ]
+    alone = [client.post("/generate", json=body).get_json()["text"] for body in bodies]
+    together = {}
+    threads = [
+        threading.Thread(
+            target=lambda i=i, b=b: together.update(
+                {i: client.post("/generate", json=b).get_json()["text"]}
+            )
+        )
+        for i, b in enumerate(bodies)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [together[0], together[1]] == alone
