@@ -268,7 +268,8 @@ class ModelWorker:
         group.batch.remove(rows)
         for i in rows:
             self._retire(group.jobs[i])
-        group.jobs = [job for i, job in enumerate(group.jobs) if i not in set(rows)]
+        leaving = set(rows)
+        group.jobs = [job for i, job in enumerate(group.jobs) if i not in leaving]
         if not group.jobs:
             self._groups.remove(group)
 

@@ -106,7 +106,8 @@ class DecodeBatch:
 
     def remove(self, rows: Sequence[int]) -> None:
         """Drop these rows from the batch and its cache."""
-        keep = [i for i in range(len(self)) if i not in set(rows)]
+        leaving = set(rows)
+        keep = [i for i in range(len(self)) if i not in leaving]
         self._lengths = [self._lengths[i] for i in keep]
         self.watches = [self.watches[i] for i in keep]
         if not keep:

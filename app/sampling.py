@@ -52,10 +52,13 @@ class Sampler:
 
     def __init__(self, params: SamplingParams, prompt_ids: list[int], device: torch.device) -> None:
         self._params = params
-        capacity = len(prompt_ids) + params.max_new_tokens
+        # Only the repetition penalty reads the tokens seen so far: keep them only for it.
+        self._track = params.repetition_penalty != 1.0
+        capacity = len(prompt_ids) + params.max_new_tokens if self._track else 0
         self._seen = torch.zeros((1, capacity), dtype=torch.long, device=device)
-        self._seen[0, : len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
-        self._length = len(prompt_ids)
+        if self._track:
+            self._seen[0, : len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
+        self._length = len(prompt_ids) if self._track else 0
         self._shape = LogitsProcessorList()
         if params.repetition_penalty != 1.0:
             self._shape.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
@@ -81,8 +84,9 @@ class Sampler:
         else:
             probs = self._truncate(seen, scores).softmax(dim=-1)
             token = torch.multinomial(probs, 1, generator=self._generator)[:, 0]
-        self._seen[0, self._length] = token[0]
-        self._length += 1
+        if self._track:
+            self._seen[0, self._length] = token[0]
+            self._length += 1
         if not self._params.logprobs:
             return Choice(int(token.item()))
         return self._with_logprobs(scores[0], int(token.item()))
