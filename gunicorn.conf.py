@@ -55,7 +55,7 @@ def child_exit(server, worker):
 
 def post_worker_init(worker):
     """On SIGTERM, also tell the app, so it can end long generations before the deadline."""
-    from app import lifecycle
+    from app.ops import lifecycle
 
     stop_accepting = signal.getsignal(signal.SIGTERM)
 
@@ -70,7 +70,8 @@ def worker_exit(server, worker):
     """Stop the engine's threads so the worker process can exit at once."""
     import gevent
 
-    from app import lifecycle, models
+    from app import models
+    from app.ops import lifecycle
 
     lifecycle.stop_background()
     models.cache.shutdown()

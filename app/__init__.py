@@ -1,4 +1,9 @@
-"""llmviz-server: Hugging Face language models over HTTP for visualization frontends."""
+"""llmviz-server: Hugging Face language models over HTTP for visualization frontends.
+
+Packages, from the edge inwards (imports only go this way; see .importlinter):
+`web` (Flask) → `ops` (metrics, lifecycle) → `models` (the registry) and
+`analysis` (architecture, inspection) → `engine` (native-thread model work).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,12 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from app import api, auth, docs, errors, lifecycle, models, ops, requestlog, viz
+from app import models, ops, web
 from app.config import Settings
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Build the Flask app: settings, CORS, keys, request log, JSON errors, models, blueprints."""
+    """Build the Flask app: settings, CORS, JSON errors, the model cache, housekeeping, web."""
     app = Flask(__name__, static_folder=None)
     settings = Settings.from_env(**(test_config or {}))
     app.config["LLMVIZ"] = settings
@@ -25,11 +30,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         supports_credentials=False,
         expose_headers=["X-Request-ID", "Retry-After"],
     )
-    requestlog.init_app(app)
-    auth.init_app(app)
-    errors.init_app(app)
-    models.init_app(app)
-    for blueprint in (api.bp, viz.bp, ops.bp, docs.bp):
-        app.register_blueprint(blueprint)
-    lifecycle.start_housekeeping()
+    models.cache.configure(settings)
+    ops.init_app(app)
+    web.init_app(app)
     return app

@@ -1,13 +1,12 @@
-"""API errors and the handlers that turn every failure into one JSON shape."""
+"""The error family every layer raises, and the translation of the engine's own errors.
+
+Each error carries its HTTP status and a machine-readable code; app/web/handlers.py
+turns them (and everything else) into one JSON shape: `{"error": message, "code": code}`.
+"""
 
 from __future__ import annotations
 
-import logging
-
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
-
-log = logging.getLogger(__name__)
+from app.engine import QueueFull
 
 
 class APIError(Exception):
@@ -64,28 +63,10 @@ class GenerationFailed(APIError):
     status, code = 500, "generation_failed"
 
 
-def _json(payload: dict[str, str], status: int, headers: dict[str, str] | None = None):
-    response = jsonify(payload)
-    response.status_code = status
-    response.headers.update(headers or {})
-    return response
-
-
-def init_app(app: Flask) -> None:
-    """Register the handlers that keep every error response JSON."""
-
-    @app.errorhandler(APIError)
-    def _api_error(exc: APIError):
-        return _json(exc.to_dict(), exc.status, exc.headers)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_")
-        headers = dict(exc.get_headers())
-        headers.pop("Content-Type", None)
-        return _json({"error": exc.description or exc.name, "code": code}, exc.code or 500, headers)
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        log.exception("unhandled error")
-        return _json({"error": "internal server error", "code": "internal_error"}, 500)
+def translate(exc: Exception) -> APIError | None:
+    """The APIError a client should see for `exc`; None for an unexpected failure."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, QueueFull):
+        return Overloaded(str(exc))
+    return None

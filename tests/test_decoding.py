@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from app.decoding import IncrementalDecoder, token_pieces
+from app.engine.decoding import IncrementalDecoder, token_pieces
 from tests.conftest import MODEL_IDS
 
 TEXTS = [

@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from app.generation import AttentionWatch, DecodeBatch
+from app.engine.attention import HeadSelection
+from app.engine.batch import DecodeBatch
 from tests.conftest import MODEL_IDS
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15], [16, 17, 18, 19, 20]]
@@ -56,7 +57,7 @@ def test_rows_match_their_solo_run_through_joins_and_leaves(model_root, model_id
 
 def test_watched_rows_get_their_own_attention(model_root):
     model = AutoModelForCausalLM.from_pretrained(model_root / "tiny-llama").eval()
-    watch = AttentionWatch(layers=(0, 1), heads=(2,))
+    watch = HeadSelection(layers=(0, 1), heads=(2,))
     batch = DecodeBatch(model)
     first = batch.prefill([[5, 6, 7, 8, 9, 10]], [None])
     second = batch.prefill([[11, 12]], [watch])

@@ -74,8 +74,8 @@ def test_hub_path_loads_from_the_hub_cache_offline(client, model_root):
 
 def test_concurrent_first_requests_load_once(app, fresh_cache, monkeypatch):
     calls = []
-    real_load = models.load
-    monkeypatch.setattr(models, "load", lambda *a: calls.append(a) or real_load(*a))
+    real_load = fresh_cache.loader
+    monkeypatch.setattr(fresh_cache, "loader", lambda *a: calls.append(a) or real_load(*a))
     spec = models.resolve("tiny-llama", app.config["LLMVIZ"])
     results = []
     threads = [
@@ -131,14 +131,14 @@ def test_loading_one_model_does_not_block_another(app, fresh_cache, monkeypatch)
         client.post("/tokenize", json={"model_id": "tiny-gpt2", "prompt": "x"}).status_code == 200
     )
     release = threading.Event()
-    real_load = models.load
+    real_load = fresh_cache.loader
 
     def slow_load(spec, settings):
         if spec.model_id == "tiny-llama":
             assert release.wait(30)
         return real_load(spec, settings)
 
-    monkeypatch.setattr(models, "load", slow_load)
+    monkeypatch.setattr(fresh_cache, "loader", slow_load)
     spec = models.resolve("tiny-llama", app.config["LLMVIZ"])
     slot = fresh_cache.begin(spec)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.sse import format_comment, format_event
+from app.web.sse import format_comment, format_event
 from tests.sse_client import SSEEvent, parse
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.stopping import StopMatcher
+from app.engine.stopping import StopMatcher
 
 
 def _run(stops, pieces):

@@ -11,7 +11,8 @@ import requests
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-from app import create_app, tensors
+from app import create_app
+from app.engine import tensors
 from tests.conftest import MODEL_IDS
 from tests.sse_client import parse
 

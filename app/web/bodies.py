@@ -1,20 +1,12 @@
-"""Request bodies: validation lives here and nowhere else."""
+"""Request bodies: every field a client can send is declared and validated here, and only here."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.errors import BadRequest
-
-__all__ = [
-    "DetokenizeRequest",
-    "GenerateRequest",
-    "InspectRequest",
-    "TokenizeRequest",
-    "parse_body",
-]
 
 
 class _Body(BaseModel):
@@ -155,119 +147,3 @@ class InspectRequest(_Body):
         if sum(given) != 1:
             raise ValueError("give exactly one of `prompt`, `messages` and `token_ids`")
         return self
-
-
-# -- responses: documented in the OpenAPI schema, and checked against the live server --
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class ErrorResponse(_Out):
-    """Every error: a message for people and a machine-readable code."""
-
-    error: str
-    code: str
-
-
-class HealthResponse(_Out):
-    """GET /health."""
-
-    ok: bool
-
-
-class TokenizeResponse(_Out):
-    """POST /tokenize."""
-
-    token_ids: list[int]
-    tokens: list[str]
-    count: int
-    offsets: list[list[int]] | None
-    special: list[bool]
-    prompt: str | None
-
-
-class DetokenizeResponse(_Out):
-    """POST /detokenize."""
-
-    text: str
-
-
-class EncodedTensor(_Out):
-    """A tensor: raw little-endian values in C order, base64-encoded."""
-
-    shape: list[int]
-    dtype: Literal["float16", "float32", "int32"]
-    data: str
-
-
-class TokenAlternative(_Out):
-    """A token the model could have chosen."""
-
-    id: int
-    text: str
-    logprob: float | None
-
-
-class TokenDetail(_Out):
-    """One generated token in `details.tokens` and in `token` events."""
-
-    id: int
-    text: str
-    logprob: float | None
-    special: bool
-    top_logprobs: list[TokenAlternative]
-    attention: EncodedTensor | None = None
-
-
-class GenerationDetails(_Out):
-    """How a generation went, token by token."""
-
-    finish_reason: Literal["length", "eos", "stop", "cancelled", "shutdown"]
-    prompt_tokens: int
-    generated_tokens: int
-    timing: dict[str, float | None]
-    tokens: list[TokenDetail]
-
-
-class GenerateResponse(_Out):
-    """POST /generate (`details` only when asked for)."""
-
-    text: str
-    details: GenerationDetails | None = None
-
-
-class ModelsResponse(_Out):
-    """GET /models."""
-
-    loaded: list[dict[str, Any]]
-    loading: list[str]
-    available: list[str]
-    default_model: str
-
-
-class UnloadResponse(_Out):
-    """DELETE /models/<model_id>."""
-
-    model_id: str
-    unloaded: bool
-    finishing: int
-
-
-class ArchitectureResponse(_Out):
-    """GET /models/<model_id>/config (the README lists every field)."""
-
-    model_id: str
-    architecture: str | None
-    family: str
-    n_layers: int | None
-    llmviz_shape: dict[str, int | None]
-    raw_config: dict[str, Any]
-
-
-class InspectResponse(_Out):
-    """POST /inspect (the README lists every part)."""
-
-    model_id: str
-    token_ids: list[int]

@@ -10,7 +10,8 @@ them. Text is held back while it ends in an incomplete character.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+
+from app.engine.contract import Tokenizer
 
 REPLACEMENT_CHAR = "\ufffd"
 _CONTEXT = 5  # tokens of context kept before the unread ones
@@ -19,7 +20,7 @@ _CONTEXT = 5  # tokens of context kept before the unread ones
 class IncrementalDecoder:
     """Turns a growing sequence of token ids into the text each step adds."""
 
-    def __init__(self, tokenizer: Any, context_ids: Sequence[int] = ()) -> None:
+    def __init__(self, tokenizer: Tokenizer, context_ids: Sequence[int] = ()) -> None:
         self._tokenizer = tokenizer
         self._ids = list(context_ids)
         self._read = len(self._ids)
@@ -61,7 +62,7 @@ class IncrementalDecoder:
         )
 
 
-def token_pieces(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:
+def token_pieces(tokenizer: Tokenizer, token_ids: Sequence[int]) -> list[str]:
     """The text each token adds, so that joining them gives the decoded text."""
     decoder = IncrementalDecoder(tokenizer)
     pieces = [decoder.push(token_id) for token_id in token_ids]
@@ -119,7 +120,7 @@ def _group_offsets(
     return min(offsets[i][0] for i in group), max(offsets[i][1] for i in group)
 
 
-def standalone_texts(tokenizer: Any, token_ids: Sequence[int]) -> dict[int, str]:
+def standalone_texts(tokenizer: Tokenizer, token_ids: Sequence[int]) -> dict[int, str]:
     """A display text per id, decoded on its own (for candidate tokens out of context).
 
     SentencePiece drops the space of a "▁word" decoded alone; it is put back.

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Flask, g, request
 
-from app import metrics
+from app.ops import metrics
 
 log = logging.getLogger("llmviz.requests")
 _GOOD_ID = re.compile(r"^[\w.:@-]{1,128}$")

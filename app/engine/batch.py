@@ -10,27 +10,20 @@ out at once.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from app.attention import eager_attention
-
-
-@dataclass(frozen=True)
-class AttentionWatch:
-    """Report, with each token, the attention of the position that predicted it."""
-
-    layers: tuple[int, ...]
-    heads: tuple[int, ...] | None = None  # None: all heads
+from app.engine.attention import HeadSelection, eager_attention
+from app.engine.contract import CausalLM, ForwardOutput
 
 
 @dataclass
@@ -44,12 +37,12 @@ class Step:
 class DecodeBatch:
     """Rows decoded together over one left-padded KV cache."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: CausalLM) -> None:
         self._model = model
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, columns]: 1 = real token, 0 = padding
         self._lengths: list[int] = []  # real tokens per row
-        self.watches: list[AttentionWatch | None] = []
+        self.watches: list[HeadSelection | None] = []
 
     def __len__(self) -> int:
         return len(self._lengths)
@@ -63,7 +56,7 @@ class DecodeBatch:
 
     @torch.inference_mode()
     def prefill(
-        self, prompts: Sequence[Sequence[int]], watches: Sequence[AttentionWatch | None]
+        self, prompts: Sequence[Sequence[int]], watches: Sequence[HeadSelection | None]
     ) -> Step:
         """Run new sequences' prompts together (left-padded), then add them as the last rows."""
         device = self._model.device
@@ -93,16 +86,39 @@ class DecodeBatch:
         device = self._model.device
         ids = torch.tensor([[t] for t in tokens], device=device)
         positions = torch.tensor([[n] for n in self._lengths], device=device)
-        self._mask = F.pad(self._mask, (0, 1), value=1)
-        padded = bool((self._mask == 0).any())
+        mask = F.pad(self._mask, (0, 1), value=1)
+        padded = bool((mask == 0).any())
         watched = any(w is not None for w in self.watches)
-        out = self._forward(ids, self._cache, self._mask if padded else None, positions, watched)
+        columns = [_columns(layer) for layer in self._cache.layers]
+        try:
+            out = self._forward(ids, self._cache, mask if padded else None, positions, watched)
+        except Exception:
+            self._roll_back(columns)
+            raise
+        self._mask = mask
         self._lengths = [n + 1 for n in self._lengths]
         attention = [
             _last_rows(out.attentions, watch, row, self._lengths[row]) if watch else None
             for row, watch in enumerate(self.watches)
         ]
         return Step(out.logits[:, -1].float(), attention)
+
+    def split(self) -> list[DecodeBatch]:
+        """One batch per row, each with its own copy of that row's cache."""
+        singles = []
+        for row in range(len(self)):
+            single = DecodeBatch(self._model)
+            single._merge(
+                copy.deepcopy(self._cache), self._mask.clone(), self._lengths, self.watches
+            )
+            single.remove([i for i in range(len(self)) if i != row])
+            singles.append(single)
+        return singles
+
+    def concatenate(self, other: DecodeBatch) -> None:
+        """Add `other`'s rows after this batch's rows (`other` is consumed)."""
+        if len(other):
+            self._merge(other._cache, other._mask, other._lengths, other.watches)
 
     def remove(self, rows: Sequence[int]) -> None:
         """Drop these rows from the batch and its cache."""
@@ -124,6 +140,13 @@ class DecodeBatch:
                 layer.keys = layer.keys[..., first:, :]
                 layer.values = layer.values[..., first:, :]
 
+    def _roll_back(self, columns: list[int]) -> None:
+        # A failed pass may have appended this step's keys and values to some layers.
+        for layer, width in zip(self._cache.layers, columns, strict=True):
+            if width is not None:
+                layer.keys = layer.keys[..., :width, :]
+                layer.values = layer.values[..., :width, :]
+
     def _merge(self, cache: DynamicCache, mask: torch.Tensor, lengths, watches) -> None:
         if self._cache is None:
             self._cache, self._mask = cache, mask
@@ -137,7 +160,7 @@ class DecodeBatch:
         self._lengths += list(lengths)
         self.watches += list(watches)
 
-    def _forward(self, ids, cache, mask, positions, watched: bool):
+    def _forward(self, ids, cache, mask, positions, watched: bool) -> ForwardOutput:
         # Eager attention only when a row asked for its attention: SDPA computes none.
         with eager_attention(self._model) if watched else nullcontext():
             return self._model(
@@ -151,12 +174,17 @@ class DecodeBatch:
             )
 
 
+def _columns(layer) -> int | None:
+    keys = getattr(layer, "keys", None)
+    return None if keys is None else keys.shape[-2]
+
+
 def _left_pad(states: torch.Tensor, columns: int) -> torch.Tensor:
     # [rows, heads, columns, head_dim]: add empty columns in front.
     return F.pad(states, (0, 0, columns, 0)) if columns else states
 
 
-def _last_rows(attentions, watch: AttentionWatch, row: int, keys: int) -> torch.Tensor:
+def _last_rows(attentions, watch: HeadSelection, row: int, keys: int) -> torch.Tensor:
     """The last query's attention over this row's `keys` real keys: [layers, heads, keys]."""
     picked = []
     for layer in watch.layers:

@@ -7,26 +7,15 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable
 
-from app import metrics
-from app.concurrency import run_off_hub
 from app.config import Settings
-from app.engine import ModelTask, WorkerClosed
+from app.engine import GenerationJob, ModelTask, WorkerClosed
+from app.engine.threads import run_off_hub
 from app.errors import APIError, ModelLoadFailed, Overloaded
-from app.jobs import GenerationJob
-
-# Resolution and loading live in app.loading; they are used as `models.resolve` and
-# so on, and the cache calls `load` through this module (tests replace it here).
-from app.loading import (  # noqa: F401
-    LoadedModel,
-    ModelSpec,
-    architecture,
-    check_available,
-    list_local,
-    load,
-    resolve,
-)
+from app.models import loading
+from app.models.loaded import LoadedModel
+from app.models.resolution import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +37,13 @@ class ModelCache:
     load is forgotten, so the next request tries again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, loader: Callable[[ModelSpec, Settings], LoadedModel]) -> None:
         self._lock = threading.Lock()
         self._slots: OrderedDict[ModelSpec, _Slot] = OrderedDict()
         self.settings = Settings()
         self.loads_started = 0
+        self.loader = loader  # replaceable: tests wrap it to count or slow down loads
+        self.on_load: Callable[[LoadedModel], None] | None = None  # e.g. record metrics
 
     def configure(self, settings: Settings) -> None:
         """Adopt the app's settings (capacity, device, dtype, queue size)."""
@@ -152,8 +143,9 @@ class ModelCache:
 
     def _load(self, spec: ModelSpec, slot: _Slot) -> None:
         try:
-            slot.model = run_off_hub(load, spec, self.settings)
-            metrics.LOAD_SECONDS.labels(spec.model_id).observe(slot.model.load_seconds)
+            slot.model = run_off_hub(self.loader, spec, self.settings)
+            if self.on_load is not None:
+                self.on_load(slot.model)
         except APIError as exc:
             slot.error = exc
         except Exception as exc:  # keep the waiting requests informed, whatever happened
@@ -179,23 +171,18 @@ class ModelCache:
 
 
 def submit(lm: LoadedModel, work: GenerationJob | ModelTask) -> None:
-    """Hand work to the model's thread; if it was unloaded a moment ago, load it again."""
+    """Hand work to the model's thread; if it was unloaded a moment ago, load it again.
+
+    Raises QueueFull (from the engine) when the model's queue is full.
+    """
     for _ in range(3):
         try:
-            if isinstance(work, ModelTask):
-                lm.worker.submit_task(work)
-            else:
-                lm.worker.submit(work)
+            lm.enqueue(work)
             return
         except WorkerClosed:  # evicted between lookup and submit
             lm = cache.get(lm.spec)
     raise Overloaded("the model is being reloaded; retry shortly")
 
 
-cache = ModelCache()
+cache = ModelCache(loading.load)
 atexit.register(cache.shutdown)
-
-
-def init_app(app: Any) -> None:
-    """Point the module-level cache at this app's settings."""
-    cache.configure(app.config["LLMVIZ"])

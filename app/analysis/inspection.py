@@ -15,26 +15,30 @@ from typing import Any
 
 import torch
 
-from app import tensors
-from app.attention import eager_attention
-from app.decoding import standalone_texts
+from app.engine import CausalLM, HeadSelection, ModelTask, Tokenizer, tensors
+from app.engine.attention import eager_attention
+from app.engine.decoding import standalone_texts
 
 _FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f")
 
 
 @dataclass(frozen=True)
 class Selection:
-    """What an inspection returns; `layers`/`heads` None mean all of them."""
+    """What an inspection returns: the parts in `include`, over the layers and heads of `scope`."""
 
     include: frozenset[str]
+    scope: HeadSelection
     top_k: int = 10
-    layers: tuple[int, ...] | None = None
-    heads: tuple[int, ...] | None = None
     attention_format: str = "topk"
     attention_k: int = 8
 
 
-def decoder_layers(model: Any) -> torch.nn.ModuleList:
+def inspection_task(ids: list[int], sel: Selection) -> ModelTask[dict[str, Any]]:
+    """A task for the model's thread that inspects `ids` and returns the JSON-ready parts."""
+    return ModelTask(lambda model, tokenizer: inspect(model, tokenizer, ids, sel))
+
+
+def decoder_layers(model: CausalLM) -> torch.nn.ModuleList:
     """The model's stack of transformer blocks."""
     n_layers = model.config.get_text_config().num_hidden_layers
     for module in model.base_model.modules():
@@ -44,10 +48,12 @@ def decoder_layers(model: Any) -> torch.nn.ModuleList:
 
 
 @torch.inference_mode()
-def inspect(model: Any, tokenizer: Any, ids: list[int], sel: Selection) -> dict[str, Any]:
+def inspect(
+    model: CausalLM, tokenizer: Tokenizer, ids: list[int], sel: Selection
+) -> dict[str, Any]:
     """Run the pass and return the requested parts, tensors compactly encoded."""
     blocks = decoder_layers(model)
-    layers = list(sel.layers) if sel.layers is not None else list(range(len(blocks)))
+    layers = list(sel.scope.layers)
     residuals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     hooks = []
     if sel.include & {"logit_lens", "resid_norms"}:
@@ -144,8 +150,8 @@ def _final_norm(model: Any) -> Any:
 
 def _attention(attentions, layers: list[int], sel: Selection) -> dict[str, Any]:
     stacked = torch.stack([attentions[i][0] for i in layers]).float()  # [L, H, T, T]
-    if sel.heads is not None:
-        stacked = stacked[:, list(sel.heads)]
+    if sel.scope.heads is not None:
+        stacked = stacked[:, list(sel.scope.heads)]
     if sel.attention_format == "dense":
         return {"format": "dense", "weights": tensors.encode(stacked, "float16")}
     k = min(sel.attention_k, stacked.shape[-1])
@@ -160,8 +166,13 @@ def _attention(attentions, layers: list[int], sel: Selection) -> dict[str, Any]:
     }
 
 
-def estimate_bytes(tokens: int, layers: int, heads: int, sel: Selection) -> int:
-    """An upper estimate of the answer's JSON size, made before running anything."""
+def estimate_bytes(tokens: int, n_heads: int, sel: Selection) -> int:
+    """An upper estimate of the answer's JSON size in bytes, made before running anything.
+
+    `n_heads` is the model's head count, used when the selection takes every head.
+    """
+    layers = len(sel.scope.layers)
+    heads = len(sel.scope.heads) if sel.scope.heads is not None else n_heads
     size = 1024
     top = tokens * sel.top_k
     if "tokens" in sel.include:

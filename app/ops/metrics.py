@@ -8,6 +8,7 @@ them up. Without that variable (flask run, tests) one process's registry is used
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -73,6 +74,11 @@ def observe_generation(model: str, timing: dict, prompt_tokens: int, generated: 
         if generated > 1:
             after_first = timing["total_ms"] - timing["ttft_ms"]
             TOKEN_SECONDS.labels(model).observe(after_first / 1000 / (generated - 1))
+
+
+def observe_load(lm: Any) -> None:
+    """Record how long a model (a LoadedModel) took to load."""
+    LOAD_SECONDS.labels(lm.model_id).observe(lm.load_seconds)
 
 
 def set_engine_gauges(stats: list[dict[str, int]]) -> None:

@@ -1,9 +1,9 @@
-"""The generation engine: one OS thread per loaded model, fed by a queue.
+"""The worker: one OS thread per loaded model, fed by a queue.
 
-Request handlers never run torch. They submit a `GenerationJob` (app/jobs.py)
-to the model's `ModelWorker` and read its events from the job. The worker checks each
-job's cancel flag before every decoding step, so a request whose reader has
-gone stops within one step.
+Request handlers never run torch. They submit a `GenerationJob` (app/engine/job.py)
+or a `ModelTask` to the model's `ModelWorker` and read the result from it. The
+worker checks each job's cancel flag before every decoding step, so a request
+whose reader has gone stops within one step.
 """
 
 from __future__ import annotations
@@ -12,40 +12,56 @@ import logging
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
-from app.concurrency import Mailbox, NativeQueue, native_lock, start_native_thread
-from app.errors import Overloaded
-from app.generation import DecodeBatch
-from app.jobs import GenerationJob
+import torch
+
+from app.engine.contract import CausalLM, Tokenizer
+from app.engine.job import GenerationJob
+from app.engine.rows import JobBatch, PassCounters
+from app.engine.threads import Mailbox, NativeQueue, native_lock, start_native_thread
 
 log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
 
 
 class WorkerClosed(RuntimeError):
     """The model was unloaded before the job could be queued; load it again."""
 
 
+class QueueFull(RuntimeError):
+    """The worker already holds `max_queue` waiting jobs and tasks; retry later."""
+
+    def __init__(self, max_queue: int) -> None:
+        super().__init__(f"too much queued work for this model (LLMVIZ_MAX_QUEUE={max_queue})")
+        self.max_queue = max_queue
+
+
 _WAKE = object()  # put in the inbox so an idle worker looks at its task queue
 _GATHER_SECONDS = 0.005  # how long an idle worker waits for the next request of a burst
 
 
-class ModelTask:
-    """A function to run on the model's thread between two decoding steps (an inspection)."""
+class ModelTask(Generic[T]):
+    """A function to run on the model's thread between two decoding steps (an inspection).
 
-    def __init__(self, fn: Callable[[Any, Any], Any]) -> None:
+    `fn(model, tokenizer)` runs on the worker thread; `result()` returns its value,
+    or raises its exception, in the caller.
+    """
+
+    def __init__(self, fn: Callable[[CausalLM, Tokenizer], T]) -> None:
         self._fn = fn
         self._mailbox = Mailbox()
 
-    def run(self, model: Any, tokenizer: Any) -> None:
+    def run(self, model: CausalLM, tokenizer: Tokenizer) -> None:
         """Call the function with the model; deliver its result or its exception."""
         try:
             self._mailbox.put((True, self._fn(model, tokenizer)))
         except Exception as exc:
             self._mailbox.put((False, exc))
 
-    def result(self) -> Any:
+    def result(self) -> T:
         """Wait for the task (blocking only the calling greenlet) and return its result."""
         while True:
             try:
@@ -55,14 +71,6 @@ class ModelTask:
             if ok:
                 return value
             raise value
-
-
-@dataclass
-class _Group:
-    """A decode batch and the jobs of its rows, in row order."""
-
-    batch: DecodeBatch
-    jobs: list[GenerationJob] = field(default_factory=list)
 
 
 class ModelWorker:
@@ -75,7 +83,12 @@ class ModelWorker:
     """
 
     def __init__(
-        self, model: Any, tokenizer: Any, eos_ids: frozenset[int], max_active: int, max_queue: int
+        self,
+        model: CausalLM,
+        tokenizer: Tokenizer,
+        eos_ids: frozenset[int],
+        max_active: int,
+        max_queue: int,
     ) -> None:
         self._model = model
         self._tokenizer = tokenizer
@@ -88,36 +101,34 @@ class ModelWorker:
         self._closed = False
         self._cancel_new: str | None = None  # a reason: cancel new jobs as they arrive
         self._running: list[GenerationJob] = []  # admitted and not yet ended, for stats
-        self._groups: list[_Group] = []
+        self._groups: list[JobBatch] = []
         self._alive = native_lock()  # held by the thread while it runs; see join()
         self._alive.acquire()
         self.queued = 0
         self.completed_jobs = 0
         self.last_finished = 0.0  # wall-clock time the last job ended
-        self.decode_steps = 0  # batched forward passes
-        self.prefills = 0
+        self.passes = PassCounters()
         self._finished_tokens = 0
         start_native_thread(self._serve)
 
-    def submit(self, job: GenerationJob) -> None:
-        """Queue a job, or refuse it when the queue is full or the worker closed."""
-        self._reserve_place()
-        self._inbox.put(job)
+    def submit(self, work: GenerationJob | ModelTask) -> None:
+        """Queue a job (decoded in the batch) or a task (run before the next step).
 
-    def submit_task(self, task: ModelTask) -> None:
-        """Queue a task to run before the next decoding step."""
+        Raises QueueFull when `max_queue` items already wait, WorkerClosed once closed.
+        """
         self._reserve_place()
-        self._tasks.put(task)
-        self._inbox.put(_WAKE)
+        if isinstance(work, ModelTask):
+            self._tasks.put(work)
+            self._inbox.put(_WAKE)
+        else:
+            self._inbox.put(work)
 
     def _reserve_place(self) -> None:
         with self._lock:
             if self._closed:
                 raise WorkerClosed
             if self.queued >= self._max_queue:
-                raise Overloaded(
-                    f"too much queued work for this model (LLMVIZ_MAX_QUEUE={self._max_queue})"
-                )
+                raise QueueFull(self._max_queue)
             self.queued += 1
 
     def cancel_all(self, reason: str = "cancelled") -> None:
@@ -153,8 +164,8 @@ class ModelWorker:
                 "queued": self.queued,
                 "generated_tokens": self._finished_tokens + sum(job.generated for job in running),
                 "completed_jobs": self.completed_jobs,
-                "decode_steps": self.decode_steps,
-                "prefills": self.prefills,
+                "decode_steps": self.passes.decode_steps,
+                "prefills": self.passes.prefills,
             }
 
     def _serve(self) -> None:
@@ -186,7 +197,7 @@ class ModelWorker:
             self._start(arrived)
         return closing
 
-    def _next_arrival(self, idle: bool, arrived: list[GenerationJob]) -> Any:
+    def _next_arrival(self, idle: bool, arrived: list[GenerationJob]) -> GenerationJob | object:
         if not idle:
             return self._inbox.get_nowait()  # running jobs must not wait for new arrivals
         if not arrived:
@@ -210,73 +221,21 @@ class ModelWorker:
         jobs = [job for job in jobs if not job.cancelled]
         if not jobs:
             return
-        group = next((g for g in self._groups if g.batch.mergeable), None)
+        group = next((g for g in self._groups if g.mergeable), None)
         if group is None:
-            group = _Group(DecodeBatch(self._model))
+            group = JobBatch(self._model, self.passes)
             self._groups.append(group)
-        try:
-            step = group.batch.prefill([j.prompt_ids for j in jobs], [j.watch for j in jobs])
-            self.prefills += 1
-        except Exception as exc:  # the thread must survive any one request
-            self._fail(jobs, exc)
-            for job in jobs:
-                self._retire(job)
-            if not group.jobs:
-                self._groups.remove(group)
-            return
-        first = len(group.jobs)
-        group.jobs += jobs
-        ended = [
-            first + i
-            for i, job in enumerate(jobs)
-            if not self._take(job, step.logits[i], step.attention[i])
-        ]
-        self._remove(group, ended)
+        self._retire_all(group, group.add(jobs))
 
-    def _step(self, group: _Group) -> None:
-        """One forward pass for every row of the group; retire the rows that ended."""
-        cancelled = [i for i, job in enumerate(group.jobs) if job.cancelled]
-        for i in cancelled:
-            group.jobs[i].end_cancelled()
-        self._remove(group, cancelled)
-        if not group.jobs:
-            return
-        try:
-            step = group.batch.step([job.last_token for job in group.jobs])
-            self.decode_steps += 1
-        except Exception as exc:
-            self._fail(group.jobs, exc)
-            self._remove(group, list(range(len(group.jobs))))
-            return
-        ended = [
-            i
-            for i, job in enumerate(group.jobs)
-            if not self._take(job, step.logits[i], step.attention[i])
-        ]
-        self._remove(group, ended)
+    def _step(self, group: JobBatch) -> None:
+        """One forward pass for every row of the group; retire the jobs that ended."""
+        self._retire_all(group, group.step())
 
-    def _take(self, job: GenerationJob, logits: Any, attention: Any) -> bool:
-        try:
-            return job.take(logits, attention)
-        except Exception as exc:
-            self._fail([job], exc)
-            return False
-
-    def _remove(self, group: _Group, rows: list[int]) -> None:
-        if not rows:
-            return
-        group.batch.remove(rows)
-        for i in rows:
-            self._retire(group.jobs[i])
-        leaving = set(rows)
-        group.jobs = [job for i, job in enumerate(group.jobs) if i not in leaving]
+    def _retire_all(self, group: JobBatch, ended: list[GenerationJob]) -> None:
+        for job in ended:
+            self._retire(job)
         if not group.jobs:
             self._groups.remove(group)
-
-    def _fail(self, jobs: list[GenerationJob], exc: Exception) -> None:
-        log.exception("generation failed", exc_info=exc)
-        for job in jobs:
-            job.fail(f"generation failed: {type(exc).__name__}: {exc}")
 
     def _run_tasks(self) -> None:
         while True:
@@ -299,6 +258,4 @@ class ModelWorker:
         device = getattr(self._model, "device", None)
         self._model = self._tokenizer = None
         if device is not None and device.type == "cuda":
-            import torch
-
             torch.cuda.empty_cache()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
-from app import metrics, models
-from app.concurrency import spawn, stop
+from app import models
+from app.engine.threads import spawn, stop
+from app.ops import metrics
 
 log = logging.getLogger(__name__)
 _INTERVAL = 1.0  # seconds between housekeeping rounds
@@ -25,7 +26,7 @@ def start_housekeeping() -> None:
 
 def refresh_gauges() -> None:
     """Set this process's active/queued/loaded gauges from the engine."""
-    metrics.set_engine_gauges([lm.worker.stats() for lm in models.cache.loaded()])
+    metrics.set_engine_gauges([lm.stats() for lm in models.cache.loaded()])
 
 
 def begin_shutdown(grace_seconds: float) -> None:

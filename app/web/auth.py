@@ -8,7 +8,7 @@ from flask import Flask, request
 
 from app.errors import APIError
 
-_PUBLIC = {"api.health"}
+_PUBLIC = {"ops.health"}
 _DOCS = {"docs.openapi", "docs.page", "docs.asset"}
 
 

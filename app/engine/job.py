@@ -9,64 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from app import tensors
-from app.concurrency import Mailbox
-from app.decoding import IncrementalDecoder
-from app.generation import AttentionWatch
-from app.sampling import Choice, Sampler, SamplingParams
-from app.stopping import StopMatcher
-
-
-@dataclass(frozen=True)
-class Alternative:
-    """A token the model could have chosen at this step."""
-
-    token_id: int
-    text: str
-    logprob: float
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    """One generated token.
-
-    `text` is what a plain stream sends (held back near a possible stop string,
-    "" mid-character); `piece` is the text the token itself completes.
-    """
-
-    token_id: int
-    text: str
-    piece: str
-    special: bool
-    logprob: float | None = None
-    top: tuple[Alternative, ...] = ()
-    attention: dict[str, Any] | None = None  # an encoded [layers, heads, keys] tensor
-
-
-@dataclass(frozen=True)
-class DoneEvent:
-    """The generation ended; `text` is the last text to send (held back until now)."""
-
-    finish_reason: str  # "length", "eos", "stop", "cancelled" or "shutdown"
-    prompt_tokens: int
-    generated_tokens: int
-    text: str = ""
-    timing: dict[str, float | None] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ErrorEvent:
-    """The generation failed after it started."""
-
-    message: str
-
-
-Event = TokenEvent | DoneEvent | ErrorEvent
+from app.engine import tensors
+from app.engine.attention import HeadSelection
+from app.engine.contract import Tokenizer
+from app.engine.decoding import IncrementalDecoder
+from app.engine.events import Alternative, DoneEvent, ErrorEvent, Event, TokenEvent
+from app.engine.sampling import Choice, Sampler, SamplingParams
+from app.engine.stopping import StopMatcher
+from app.engine.threads import Mailbox
 
 
 class GenerationJob:
@@ -77,7 +30,7 @@ class GenerationJob:
         prompt_ids: list[int],
         params: SamplingParams,
         stop: tuple[str, ...] = (),
-        watch: AttentionWatch | None = None,
+        watch: HeadSelection | None = None,
     ) -> None:
         self.prompt_ids = prompt_ids
         self.params = params
@@ -116,7 +69,7 @@ class GenerationJob:
 
     # -- the worker thread's side --
 
-    def begin(self, tokenizer: Any, eos_ids: frozenset[int], device: Any) -> None:
+    def begin(self, tokenizer: Tokenizer, eos_ids: frozenset[int], device: torch.device) -> None:
         """Prepare to generate: sampler, decoder, stop strings."""
         self._times["admitted"] = time.perf_counter()
         self._sampler = Sampler(self.params, self.prompt_ids, device)

@@ -9,7 +9,6 @@ device: no weights are loaded or allocated.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
@@ -18,7 +17,11 @@ _ALIBI_FAMILIES = {"bloom", "mpt", "baichuan"}
 
 
 def describe(config: Any, raw_config: dict[str, Any]) -> dict[str, Any]:
-    """The normalized fields for GET /models/<id>/config."""
+    """The normalized fields for GET /models/<id>/config.
+
+    `config` is a transformers PretrainedConfig; `raw_config` is config.json as
+    stored, returned unchanged under `raw_config`.
+    """
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     skeleton = _meta_model(config)
     names = {name.rsplit(".", 1)[-1] for name, _ in skeleton.named_modules()} if skeleton else set()
@@ -59,12 +62,6 @@ def describe(config: Any, raw_config: dict[str, Any]) -> dict[str, Any]:
         },
         "raw_config": raw_config,
     }
-
-
-def read_raw_config(path: str) -> dict[str, Any]:
-    """config.json exactly as the repository has it."""
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def _meta_model(config: Any) -> torch.nn.Module | None:

@@ -1,0 +1,46 @@
+"""The engine: runs models on native threads. No Flask, no HTTP.
+
+The contract, in one place:
+
+- **What a worker accepts.** `ModelWorker.submit(work)` takes a `GenerationJob`
+  (decoded with others in one batch, a forward pass per step) or a `ModelTask`
+  (any function of the model and tokenizer, run between two steps). It raises
+  `QueueFull` when `max_queue` items wait, and `WorkerClosed` once the worker is
+  closed (the model was unloaded).
+- **What a job emits.** `GenerationJob.events()` yields `TokenEvent*` and then one
+  `DoneEvent` or one `ErrorEvent` (app/engine/events.py); `None` marks a silent
+  interval, so a stream can send a keep-alive. `cancel()` ends the job before
+  its next step.
+- **What it needs from the model and tokenizer.** `CausalLM` and `Tokenizer`
+  (app/engine/contract.py): a transformers causal LM called with a KV cache,
+  and a tokenizer's `decode`.
+
+Modules: `worker` (the thread and its queue), `job` (one request's state),
+`batch` (the KV-cache batch), `sampling`, `stopping`, `decoding` (incremental
+detokenization), `attention`, `tensors` (the wire encoding of tensors) and
+`threads` (hand-offs between native threads and gevent).
+"""
+
+from app.engine.attention import HeadSelection
+from app.engine.contract import CausalLM, Tokenizer
+from app.engine.events import Alternative, DoneEvent, ErrorEvent, Event, TokenEvent
+from app.engine.job import GenerationJob
+from app.engine.sampling import SamplingParams
+from app.engine.worker import ModelTask, ModelWorker, QueueFull, WorkerClosed
+
+__all__ = [
+    "Alternative",
+    "CausalLM",
+    "DoneEvent",
+    "ErrorEvent",
+    "Event",
+    "GenerationJob",
+    "HeadSelection",
+    "ModelTask",
+    "ModelWorker",
+    "QueueFull",
+    "SamplingParams",
+    "Tokenizer",
+    "TokenEvent",
+    "WorkerClosed",
+]

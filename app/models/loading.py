@@ -1,0 +1,134 @@
+"""Reading configs and loading weights, with every loading failure translated in one place."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from app.config import Settings
+from app.engine import ModelWorker
+from app.errors import BadRequest, ModelLoadFailed, ModelNotFound
+from app.models.loaded import LoadedModel
+from app.models.resolution import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def check_available(spec: ModelSpec) -> None:
+    """Fail fast, before any weights are read, when a model cannot exist."""
+    from transformers import AutoConfig
+
+    with _loading_errors(spec):
+        AutoConfig.from_pretrained(spec.source, trust_remote_code=False)
+
+
+def read_config(spec: ModelSpec) -> tuple[Any, dict[str, Any]]:
+    """The model's config (a transformers PretrainedConfig) and its config.json as stored."""
+    from transformers import AutoConfig
+    from transformers.utils import cached_file
+
+    with _loading_errors(spec):
+        config = AutoConfig.from_pretrained(spec.source, trust_remote_code=False)
+        with open(cached_file(spec.source, "config.json"), encoding="utf-8") as handle:
+            raw = json.load(handle)
+    return config, raw
+
+
+def load(spec: ModelSpec, settings: Settings) -> LoadedModel:
+    """Load tokenizer and weights (slow, blocking) and start the model's worker thread.
+
+    Raises ModelNotFound, BadRequest (not a causal LM) or ModelLoadFailed.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = _pick_device(settings.device, torch)
+    started = time.perf_counter()
+    with _loading_errors(spec, unexpected=True):
+        # trust_remote_code stays off: a request must never run code from a repository.
+        tokenizer = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            spec.source, dtype=_pick_dtype(settings.dtype, device, torch), trust_remote_code=False
+        )
+    model.to(device).eval()
+    eos_ids = _eos_ids(model, tokenizer)
+    seconds = time.perf_counter() - started
+    log.info("loaded model %s on %s in %.2fs", spec.model_id, device, seconds)
+    worker = ModelWorker(model, tokenizer, eos_ids, settings.max_batch, settings.max_queue)
+    memory = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    context = _context_length(model.config)
+    return LoadedModel(spec, model, tokenizer, worker, eos_ids, context, seconds, memory)
+
+
+@contextmanager
+def _loading_errors(spec: ModelSpec, unexpected: bool = False) -> Iterator[None]:
+    """Turn what transformers and the hub raise into errors a client can read.
+
+    OSError means the files are not there; ValueError, that they are not a model
+    we can serve. With `unexpected`, anything else becomes ModelLoadFailed.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise ModelNotFound(_not_found_message(spec, exc)) from None
+    except ValueError as exc:  # e.g. a config that is not a causal language model
+        raise BadRequest(f"model {spec.model_id!r} cannot be served: {_first_line(exc)}") from None
+    except Exception as exc:
+        if not unexpected:
+            raise
+        log.exception("loading %s failed", spec.model_id)
+        raise ModelLoadFailed(
+            f"loading model {spec.model_id!r} failed: {_first_line(exc)}"
+        ) from None
+
+
+def _pick_device(setting: str, torch: Any) -> Any:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadFailed("LLMVIZ_DEVICE=cuda but no CUDA device is available")
+    return torch.device(setting)
+
+
+def _pick_dtype(setting: str, device: Any, torch: Any) -> Any:
+    # auto: float32 on CPU (half precision is slow there), the checkpoint's own dtype on GPU.
+    if setting == "auto":
+        return torch.float32 if device.type == "cpu" else "auto"
+    return getattr(torch, setting)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return frozenset()
+    return frozenset([eos] if isinstance(eos, int) else eos)
+
+
+def _context_length(config: Any) -> int | None:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _not_found_message(spec: ModelSpec, exc: OSError) -> str:
+    if spec.local:
+        return f"model folder {spec.model_id!r} has no loadable model: {_first_line(exc)}"
+    return (
+        f"model {spec.model_id!r} is not under LLMVIZ_MODEL_ROOT and could not be loaded "
+        "from the Hugging Face hub (offline, not cached, or no such repository): "
+        f"{_first_line(exc)}"
+    )

@@ -1,0 +1,14 @@
+"""Operating a worker process: Prometheus metrics, idle-model unloading, clean shutdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app import models
+from app.ops import lifecycle, metrics
+
+
+def init_app(app: Any) -> None:
+    """Record model loads in the metrics and start this process's housekeeping."""
+    models.cache.on_load = metrics.observe_load
+    lifecycle.start_housekeeping()

@@ -1,0 +1,26 @@
+"""The HTTP layer, Flask only.
+
+Blueprints: `generation` (/generate, /generate/stream), `tokens` (/tokenize,
+/detokenize), `admin` (/models, DELETE /models/<id>), `viz` (/models/<id>/config,
+/inspect), `ops` (/health, /metrics) and `docs` (/openapi.json, /docs). Around
+them: `bodies` and `parsing` read requests, `answers` and `shaping` write
+responses, `sse` frames events, `disconnect` notices a client that left,
+`auth` checks keys, `requestlog` logs, `handlers` turns every error into JSON.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from app.web import admin, auth, docs, generation, handlers, ops, requestlog, tokens, viz
+
+BLUEPRINTS = (generation.bp, tokens.bp, admin.bp, viz.bp, ops.bp, docs.bp)
+
+
+def init_app(app: Flask) -> None:
+    """Install JSON error handlers, the request log and key checks; register every blueprint."""
+    handlers.init_app(app)
+    requestlog.init_app(app)
+    auth.init_app(app)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)

@@ -1,0 +1,45 @@
+"""The models blueprint: which models there are (GET /models) and unloading one (DELETE)."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from app import models
+from app.errors import ModelNotFound
+from app.web import parsing
+from app.web.answers import ModelsResponse, UnloadResponse
+from app.web.docs import documented
+from app.web.shaping import reply
+
+bp = Blueprint("models", __name__)
+
+
+@bp.get("/models")
+@documented(None, ModelsResponse)
+def list_models():
+    """Models in memory (device, dtype, memory, engine counters) and folders that can be loaded."""
+    settings = parsing.settings()
+    return reply(
+        ModelsResponse(
+            loaded=[lm.describe() for lm in models.cache.loaded()],
+            loading=models.cache.loading(),
+            available=models.list_local(settings.model_root),
+            default_model=settings.default_model,
+        )
+    )
+
+
+@bp.delete("/models/<path:model_id>")
+@documented(None, UnloadResponse)
+def unload_model(model_id: str):
+    """Unload a model: it finishes the work it has accepted, then its memory is freed."""
+    spec = parsing.model_spec(model_id)
+    lm = models.cache.unload(spec)
+    if lm is None:
+        raise ModelNotFound(f"model {spec.model_id!r} is not loaded")
+    stats = lm.stats()
+    return reply(
+        UnloadResponse(
+            model_id=spec.model_id, unloaded=True, finishing=stats["active"] + stats["queued"]
+        )
+    )

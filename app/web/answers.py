@@ -1,0 +1,213 @@
+"""Response bodies: handlers build every JSON answer through these models (see
+`shaping.reply`), the OpenAPI document is generated from them, and schemathesis checks
+the live server against it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorResponse(_Out):
+    """Every error: a message for people and a machine-readable code."""
+
+    error: str
+    code: str
+
+
+class HealthResponse(_Out):
+    """GET /health."""
+
+    ok: bool
+
+
+class TokenizeResponse(_Out):
+    """POST /tokenize."""
+
+    token_ids: list[int]
+    tokens: list[str] = Field(description="The text each token adds; they join to the text.")
+    count: int
+    offsets: list[list[int]] = Field(description="[start, end) characters of the prompt.")
+    special: list[bool]
+    prompt: str | None = Field(description="The rendered chat, for `messages`; else null.")
+
+
+class DetokenizeResponse(_Out):
+    """POST /detokenize."""
+
+    text: str
+
+
+class EncodedTensor(_Out):
+    """A tensor: raw little-endian values in C order, base64-encoded."""
+
+    shape: list[int]
+    dtype: Literal["float16", "float32", "int32"]
+    data: str
+
+
+class TokenAlternative(_Out):
+    """A token the model could have chosen."""
+
+    id: int
+    text: str
+    logprob: float | None
+
+
+class TokenDetail(_Out):
+    """One generated token in `details.tokens` and in `token` events."""
+
+    id: int
+    text: str
+    logprob: float | None
+    special: bool
+    top_logprobs: list[TokenAlternative]
+    attention: EncodedTensor | None = Field(
+        None, description="[layers, heads, keys]; only with `attention: last_row`."
+    )
+
+
+class GenerationEnd(_Out):
+    """How a generation ended: the stream's `done` event."""
+
+    finish_reason: Literal["length", "eos", "stop", "cancelled", "shutdown"]
+    prompt_tokens: int
+    generated_tokens: int
+    timing: dict[str, float | None]
+
+
+class GenerationDetails(GenerationEnd):
+    """How a generation went, token by token."""
+
+    tokens: list[TokenDetail]
+
+
+class GenerateResponse(_Out):
+    """POST /generate (`details` only when asked for)."""
+
+    text: str
+    details: GenerationDetails | None = None
+
+
+class LoadedModelInfo(_Out):
+    """One model in memory, in GET /models."""
+
+    model_id: str
+    source: Literal["local", "hub"]
+    device: str
+    dtype: str
+    context_length: int | None
+    load_seconds: float
+    memory_bytes: int
+    last_used: float
+    active: int
+    queued: int
+    generated_tokens: int
+    completed_jobs: int
+    decode_steps: int
+    prefills: int
+
+
+class ModelsResponse(_Out):
+    """GET /models."""
+
+    loaded: list[LoadedModelInfo]
+    loading: list[str]
+    available: list[str]
+    default_model: str
+
+
+class UnloadResponse(_Out):
+    """DELETE /models/<model_id>."""
+
+    model_id: str
+    unloaded: bool
+    finishing: int
+
+
+class ArchitectureResponse(_Out):
+    """GET /models/<model_id>/config (the README explains every field)."""
+
+    model_id: str
+    architecture: str | None
+    family: str
+    n_layers: int | None
+    d_model: int | None
+    n_heads: int | None
+    n_kv_heads: int | None
+    d_head: int | None
+    d_mlp: int | None
+    mlp_type: Literal["standard", "gated"]
+    act_fn: str | None
+    norm_type: Literal["layernorm", "rmsnorm"]
+    positional: Literal["learned", "rotary", "alibi"] | None
+    vocab_size: int | None
+    context_length: int | None
+    tie_word_embeddings: bool
+    logit_softcap: float | None
+    n_params: int | None
+    llmviz_shape: dict[str, int | None]
+    raw_config: dict[str, Any]
+    dtype: str | None = Field(None, description="Only when the model is loaded.")
+    device: str | None = Field(None, description="Only when the model is loaded.")
+
+
+class InspectToken(_Out):
+    """One input position of /inspect."""
+
+    id: int
+    text: str
+    offset: list[int]
+    special: bool
+
+
+class NextTokenPart(_Out):
+    """The model's likeliest next tokens at each position."""
+
+    ids: EncodedTensor
+    probs: EncodedTensor
+    other_prob: EncodedTensor
+    entropy: EncodedTensor
+
+
+class LogitLensPart(_Out):
+    """Each layer's residual stream through the final norm and the unembedding."""
+
+    ids: EncodedTensor
+    probs: EncodedTensor
+    next_token_rank: EncodedTensor
+
+
+class AttentionPart(_Out):
+    """Attention patterns: top-k rows, or dense matrices."""
+
+    format: Literal["topk", "dense"]
+    weights: EncodedTensor
+    k: int | None = None
+    indices: EncodedTensor | None = None
+
+
+class ResidNormsPart(_Out):
+    """The L2 norm of the residual stream entering and leaving each layer."""
+
+    input: EncodedTensor
+    output: EncodedTensor
+
+
+class InspectResponse(_Out):
+    """POST /inspect (the README explains every part)."""
+
+    model_id: str
+    token_ids: list[int]
+    layers: list[int]
+    tokens: list[InspectToken] | None = None
+    next_token: NextTokenPart | None = None
+    logit_lens: LogitLensPart | None = None
+    attention: AttentionPart | None = None
+    resid_norms: ResidNormsPart | None = None
+    token_text: dict[str, str] | None = None

@@ -1,0 +1,72 @@
+"""Reading a request: this app's settings, the validated JSON body, the model it names,
+and the layer/head selections it asks for."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from flask import current_app, request
+from werkzeug.exceptions import BadRequest as WerkzeugBadRequest
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from app import models
+from app.config import Settings
+from app.engine import HeadSelection
+from app.errors import BadRequest, PayloadTooLarge
+from app.models import LoadedModel, ModelSpec, PromptInput
+from app.web.bodies import parse_body
+
+B = TypeVar("B")
+
+
+def settings() -> Settings:
+    """This app's settings."""
+    return current_app.config["LLMVIZ"]
+
+
+def read_body(schema: type[B]) -> B:
+    """The request's JSON body, validated by `schema` (a pydantic model); a 400 or 413 if not."""
+    try:
+        # force: browsers may send JSON as text/plain to avoid a CORS preflight.
+        payload = request.get_json(force=True)
+    except RequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"request body is larger than {settings().max_body_bytes} bytes (LLMVIZ_MAX_BODY_BYTES)"
+        ) from None
+    except WerkzeugBadRequest:
+        raise BadRequest("request body is not valid JSON") from None
+    return parse_body(schema, payload)
+
+
+def model_spec(model_id: str | None) -> ModelSpec:
+    """Where the requested (or default) model lives."""
+    config = settings()
+    return models.resolve(model_id or config.default_model, config)
+
+
+def prompt_input(body: Any) -> PromptInput:
+    """The prompt part of a request body (prompt, messages, token_ids, add_special_tokens)."""
+    messages = getattr(body, "messages", None)
+    return PromptInput(
+        prompt=getattr(body, "prompt", None),
+        messages=None if messages is None else [m.model_dump() for m in messages],
+        token_ids=getattr(body, "token_ids", None),
+        add_special_tokens=getattr(body, "add_special_tokens", None),
+    )
+
+
+def head_selection(
+    lm: LoadedModel, layers: list[int] | None, heads: Literal["all"] | list[int]
+) -> HeadSelection:
+    """The layers (all when None) and heads (all for "all") asked for, checked against the model."""
+    shape = lm.shape()
+    chosen_heads = None if heads == "all" else _indices(heads, shape["n_heads"], "head")
+    return HeadSelection(_indices(layers, shape["n_layers"], "layer"), chosen_heads)
+
+
+def _indices(indices: list[int] | None, count: int, what: str) -> tuple[int, ...]:
+    if indices is None:
+        return tuple(range(count))
+    if bad := [i for i in indices if i >= count]:
+        raise BadRequest(f"{what} {bad[0]} does not exist: this model has {count} {what}s")
+    return tuple(dict.fromkeys(indices))

@@ -1,0 +1,47 @@
+"""The tokens blueprint: POST /tokenize and POST /detokenize."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from app import models
+from app.engine.threads import run_off_hub
+from app.models import prompts
+from app.web import parsing, requestlog
+from app.web.answers import DetokenizeResponse, TokenizeResponse
+from app.web.bodies import DetokenizeRequest, TokenizeRequest
+from app.web.docs import documented
+from app.web.shaping import reply
+
+bp = Blueprint("tokens", __name__)
+
+
+@bp.post("/tokenize")
+@documented(TokenizeRequest, TokenizeResponse)
+def tokenize():
+    """Split a prompt into token ids, the text each token adds, and where it sits."""
+    body = parsing.read_body(TokenizeRequest)
+    lm = models.cache.get(parsing.model_spec(body.model_id))
+    tokens = run_off_hub(prompts.tokenize, lm, parsing.prompt_input(body))
+    requestlog.record().update(model=lm.model_id, prompt_tokens=len(tokens.ids))
+    return reply(
+        TokenizeResponse(
+            token_ids=tokens.ids,
+            tokens=tokens.pieces,
+            count=len(tokens.ids),
+            offsets=tokens.offsets,
+            special=tokens.special,
+            prompt=tokens.prompt if body.messages is not None else None,
+        )
+    )
+
+
+@bp.post("/detokenize")
+@documented(DetokenizeRequest, DetokenizeResponse)
+def detokenize():
+    """Turn token ids back into text."""
+    body = parsing.read_body(DetokenizeRequest)
+    lm = models.cache.get(parsing.model_spec(body.model_id))
+    requestlog.record()["model"] = lm.model_id
+    text = prompts.detokenize(lm, body.token_ids, body.skip_special_tokens)
+    return reply(DetokenizeResponse(text=text))

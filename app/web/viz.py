@@ -1,0 +1,100 @@
+"""The visualization blueprint: a model's layout (its config) and what it computes (/inspect)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from flask import Blueprint, Response, request
+from pydantic import BaseModel
+
+from app import analysis, models
+from app.engine.threads import run_off_hub
+from app.errors import BadRequest, PayloadTooLarge
+from app.models import LoadedModel, ModelSpec, prompts
+from app.web import parsing, requestlog
+from app.web.answers import ArchitectureResponse, InspectResponse
+from app.web.bodies import InspectRequest
+from app.web.docs import documented
+
+bp = Blueprint("viz", __name__)
+
+
+@bp.get("/models/config")
+@bp.get("/models/<path:model_id>/config")
+@documented(None, ArchitectureResponse, query=("model_id",))
+def model_config(model_id: str | None = None):
+    """A model's normalized architecture, from its config; no weights are loaded."""
+    model_id = model_id or request.args.get("model_id")
+    spec = parsing.model_spec(model_id)
+    answer = {**run_off_hub(_architecture, spec), "model_id": spec.model_id}
+    if (lm := models.cache.peek(spec)) is not None:
+        answer.update(lm.placement())
+    return _reply_off_hub(ArchitectureResponse, answer)
+
+
+@bp.post("/inspect")
+@documented(InspectRequest, InspectResponse)
+def inspect():
+    """One forward pass: next-token candidates, logit lens, attention, residual norms."""
+    body = parsing.read_body(InspectRequest)
+    settings = parsing.settings()
+    lm = models.cache.get(parsing.model_spec(body.model_id))
+    tokens = run_off_hub(prompts.tokenize, lm, parsing.prompt_input(body))
+    requestlog.record().update(model=lm.model_id, prompt_tokens=len(tokens.ids))
+    if not tokens.ids:
+        raise BadRequest("the input has no tokens to inspect")
+    if len(tokens.ids) > settings.max_inspect_tokens:
+        raise PayloadTooLarge(
+            f"the input has {len(tokens.ids)} tokens; /inspect takes at most "
+            f"{settings.max_inspect_tokens} (LLMVIZ_MAX_INSPECT_TOKENS)"
+        )
+    selection = _selection(lm, body)
+    _check_size(lm, selection, len(tokens.ids), settings.max_inspect_bytes)
+    task = analysis.inspection_task(tokens.ids, selection)
+    models.submit(lm, task)
+    answer: dict[str, Any] = {"model_id": lm.model_id, "token_ids": tokens.ids}
+    if "tokens" in selection.include:
+        answer["tokens"] = [
+            {"id": i, "text": piece, "offset": span, "special": special}
+            for i, piece, span, special in zip(
+                tokens.ids, tokens.pieces, tokens.offsets, tokens.special, strict=True
+            )
+        ]
+    answer.update(task.result())
+    return _reply_off_hub(InspectResponse, answer)
+
+
+@functools.lru_cache(maxsize=64)
+def _architecture(spec: ModelSpec) -> dict[str, Any]:
+    # Building the weightless meta-device model takes a while for big configs: keep the answer.
+    return analysis.describe(*models.read_config(spec))
+
+
+def _selection(lm: LoadedModel, body: InspectRequest) -> analysis.Selection:
+    return analysis.Selection(
+        include=frozenset(body.include),
+        scope=parsing.head_selection(lm, body.layers, body.attention.heads),
+        top_k=body.top_k,
+        attention_format=body.attention.format,
+        attention_k=body.attention.k,
+    )
+
+
+def _check_size(lm: LoadedModel, sel: analysis.Selection, tokens: int, limit: int) -> None:
+    estimate = analysis.estimate_bytes(tokens, lm.shape()["n_heads"], sel)
+    if estimate > limit:
+        raise PayloadTooLarge(
+            f"this inspection would answer about {estimate / 1e6:.1f} MB, over "
+            f"LLMVIZ_MAX_INSPECT_BYTES ({limit / 1e6:.1f} MB): ask for fewer layers or heads, "
+            "topk attention, or a shorter input"
+        )
+
+
+def _reply_off_hub(schema: type[BaseModel], answer: dict[str, Any]) -> Response:
+    # Answers run to megabytes: validate and serialize them off the gevent hub.
+    def shape() -> str:
+        return json.dumps(schema.model_validate(answer).model_dump(mode="json", exclude_unset=True))
+
+    return Response(run_off_hub(shape), mimetype="application/json")
