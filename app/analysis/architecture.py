@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import PretrainedConfig
 
 _ALIBI_FAMILIES = {"bloom", "mpt", "baichuan"}
 
 
-def describe(config: Any, raw_config: dict[str, Any]) -> dict[str, Any]:
+def describe(config: PretrainedConfig, raw_config: dict[str, Any]) -> dict[str, Any]:
     """The normalized fields for GET /models/<id>/config.
 
     `config` is a transformers PretrainedConfig; `raw_config` is config.json as
@@ -64,7 +65,7 @@ def describe(config: Any, raw_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _meta_model(config: Any) -> torch.nn.Module | None:
+def _meta_model(config: PretrainedConfig) -> torch.nn.Module | None:
     from transformers import AutoModelForCausalLM
 
     try:
@@ -74,7 +75,7 @@ def _meta_model(config: Any) -> torch.nn.Module | None:
         return None
 
 
-def _positional(config: Any, module_names: set[str]) -> str | None:
+def _positional(config: PretrainedConfig, module_names: set[str]) -> str | None:
     if getattr(config, "alibi", False) or config.model_type in _ALIBI_FAMILIES:
         return "alibi"
     if "rotary_emb" in module_names or getattr(config, "rope_theta", None) is not None:
@@ -84,7 +85,7 @@ def _positional(config: Any, module_names: set[str]) -> str | None:
     return None
 
 
-def _first(config: Any, *names: str) -> Any:
+def _first(config: PretrainedConfig, *names: str) -> Any:
     for name in names:
         value = getattr(config, name, None)
         if value is not None:

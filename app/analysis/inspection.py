@@ -140,7 +140,7 @@ def _logit_lens(model, ids, layers, residuals, k, seen_ids) -> dict[str, Any]:
     }
 
 
-def _final_norm(model: Any) -> Any:
+def _final_norm(model: CausalLM) -> torch.nn.Module:
     for name in _FINAL_NORMS:
         module = getattr(model.base_model, name, None)
         if module is not None:

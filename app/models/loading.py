@@ -9,6 +9,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import cached_file
+
 from app.config import Settings
 from app.engine import ModelWorker
 from app.errors import BadRequest, ModelLoadFailed, ModelNotFound
@@ -20,17 +31,12 @@ log = logging.getLogger(__name__)
 
 def check_available(spec: ModelSpec) -> None:
     """Fail fast, before any weights are read, when a model cannot exist."""
-    from transformers import AutoConfig
-
     with _loading_errors(spec):
         AutoConfig.from_pretrained(spec.source, trust_remote_code=False)
 
 
-def read_config(spec: ModelSpec) -> tuple[Any, dict[str, Any]]:
-    """The model's config (a transformers PretrainedConfig) and its config.json as stored."""
-    from transformers import AutoConfig
-    from transformers.utils import cached_file
-
+def read_config(spec: ModelSpec) -> tuple[PretrainedConfig, dict[str, Any]]:
+    """The model's config and its config.json as stored."""
     with _loading_errors(spec):
         config = AutoConfig.from_pretrained(spec.source, trust_remote_code=False)
         with open(cached_file(spec.source, "config.json"), encoding="utf-8") as handle:
@@ -43,16 +49,13 @@ def load(spec: ModelSpec, settings: Settings) -> LoadedModel:
 
     Raises ModelNotFound, BadRequest (not a causal LM) or ModelLoadFailed.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = _pick_device(settings.device, torch)
+    device = _pick_device(settings.device)
     started = time.perf_counter()
     with _loading_errors(spec, unexpected=True):
         # trust_remote_code stays off: a request must never run code from a repository.
         tokenizer = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
-            spec.source, dtype=_pick_dtype(settings.dtype, device, torch), trust_remote_code=False
+            spec.source, dtype=_pick_dtype(settings.dtype, device), trust_remote_code=False
         )
     model.to(device).eval()
     eos_ids = _eos_ids(model, tokenizer)
@@ -86,7 +89,7 @@ def _loading_errors(spec: ModelSpec, unexpected: bool = False) -> Iterator[None]
         ) from None
 
 
-def _pick_device(setting: str, torch: Any) -> Any:
+def _pick_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if setting == "cuda" and not torch.cuda.is_available():
@@ -94,14 +97,14 @@ def _pick_device(setting: str, torch: Any) -> Any:
     return torch.device(setting)
 
 
-def _pick_dtype(setting: str, device: Any, torch: Any) -> Any:
+def _pick_dtype(setting: str, device: torch.device) -> torch.dtype | str:
     # auto: float32 on CPU (half precision is slow there), the checkpoint's own dtype on GPU.
     if setting == "auto":
         return torch.float32 if device.type == "cpu" else "auto"
     return getattr(torch, setting)
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     eos = getattr(model.generation_config, "eos_token_id", None)
     if eos is None:
         eos = tokenizer.eos_token_id
@@ -110,7 +113,7 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset([eos] if isinstance(eos, int) else eos)
 
 
-def _context_length(config: Any) -> int | None:
+def _context_length(config: PretrainedConfig) -> int | None:
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     for name in ("max_position_embeddings", "n_positions", "seq_length"):
         value = getattr(config, name, None)

@@ -8,7 +8,7 @@ them up. Without that variable (flask run, tests) one process's registry is used
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,6 +20,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+if TYPE_CHECKING:
+    from app.models import LoadedModel
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -76,8 +79,8 @@ def observe_generation(model: str, timing: dict, prompt_tokens: int, generated: 
             TOKEN_SECONDS.labels(model).observe(after_first / 1000 / (generated - 1))
 
 
-def observe_load(lm: Any) -> None:
-    """Record how long a model (a LoadedModel) took to load."""
+def observe_load(lm: LoadedModel) -> None:
+    """Record how long a model took to load."""
     LOAD_SECONDS.labels(lm.model_id).observe(lm.load_seconds)
 
 

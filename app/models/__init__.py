@@ -1,0 +1,29 @@
+"""The model registry: which models exist, which are in memory, and how to reach them.
+
+- `resolution`: a client's model_id to a folder or hub repository, safely;
+- `loading`: configs and weights, with loading errors translated once;
+- `cache`: the LRU of loaded models under one lock (`cache` is the process's one);
+- `loaded`: a `LoadedModel`, the interface the layers above use;
+- `prompts`: chat templates, encoding and tokenization for display.
+"""
+
+from app.models.cache import ModelCache, cache, submit
+from app.models.loaded import LoadedModel
+from app.models.loading import check_available, load, read_config
+from app.models.prompts import PromptInput, Tokens
+from app.models.resolution import ModelSpec, list_local, resolve
+
+__all__ = [
+    "LoadedModel",
+    "ModelCache",
+    "ModelSpec",
+    "PromptInput",
+    "Tokens",
+    "cache",
+    "check_available",
+    "list_local",
+    "load",
+    "read_config",
+    "resolve",
+    "submit",
+]

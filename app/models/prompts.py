@@ -1,0 +1,106 @@
+"""Prompt preparation: chat templates, encoding for generation, tokenization for display.
+
+These run tokenizer work in the calling greenlet's thread pool (never on the
+model's thread) and only borrow the tokenizer: no call changes its settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from app.engine.decoding import char_spans, token_pieces
+from app.errors import BadRequest
+from app.models.loaded import LoadedModel
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A prompt's tokens, with the text and the prompt characters behind each one."""
+
+    prompt: str
+    ids: list[int]
+    pieces: list[str]
+    offsets: list[list[int]]
+    special: list[bool]
+
+
+@dataclass(frozen=True)
+class PromptInput:
+    """What the client sent: a `prompt`, chat `messages`, or (for display) `token_ids`."""
+
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+    token_ids: list[int] | None = None
+    add_special_tokens: bool | None = None  # None: the tokenizer's own default
+
+
+def render(lm: LoadedModel, given: PromptInput) -> tuple[str, bool | None]:
+    """The prompt text, and whether to add special tokens (None: the tokenizer's default)."""
+    if given.messages is None:
+        return given.prompt or "", given.add_special_tokens
+    if not lm.tokenizer.chat_template:
+        raise BadRequest(
+            f"model {lm.model_id!r} has no chat template: send `prompt` instead of `messages`"
+        )
+    try:
+        text = lm.tokenizer.apply_chat_template(
+            given.messages, tokenize=False, add_generation_prompt=True
+        )
+    except Exception as exc:  # jinja raises for conversations the template refuses
+        raise BadRequest(f"the chat template refused these messages: {exc}") from None
+    # A rendered template already holds its special tokens (BOS and the like).
+    return text, False
+
+
+def encode(lm: LoadedModel, given: PromptInput) -> tuple[str, list[int]]:
+    """The prompt text and its ids for generation; an empty prompt starts from BOS."""
+    prompt, add_special = render(lm, given)
+    ids = lm.tokenizer(prompt, add_special_tokens=add_special is not False)["input_ids"]
+    if ids:
+        return prompt, ids
+    if lm.tokenizer.bos_token_id is None:
+        raise BadRequest("the prompt is empty and this model has no beginning-of-sequence token")
+    return prompt, [lm.tokenizer.bos_token_id]
+
+
+def tokenize(lm: LoadedModel, given: PromptInput) -> Tokens:
+    """Tokenize `prompt` or `messages`, or describe given `token_ids`, for display."""
+    tokenizer = lm.tokenizer
+    if given.token_ids is not None:
+        ids = check_token_ids(lm, given.token_ids)
+        pieces = token_pieces(tokenizer, ids)
+        return _tokens("".join(pieces), ids, pieces, tokenizer, None)
+    prompt, add_special = render(lm, given)
+    options = {} if add_special is None else {"add_special_tokens": add_special}
+    encoding = tokenizer(prompt, return_offsets_mapping=tokenizer.is_fast, **options)
+    ids = encoding["input_ids"]
+    offsets = encoding.get("offset_mapping")
+    return _tokens(prompt, ids, token_pieces(tokenizer, ids), tokenizer, offsets)
+
+
+def detokenize(lm: LoadedModel, ids: Sequence[int], skip_special_tokens: bool) -> str:
+    """The text of these ids (checked against the vocabulary)."""
+    return lm.tokenizer.decode(
+        check_token_ids(lm, ids),
+        skip_special_tokens=skip_special_tokens,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def check_token_ids(lm: LoadedModel, ids: Sequence[int]) -> list[int]:
+    """The ids, if every one is in the model's vocabulary; a 400 otherwise."""
+    vocab = len(lm.tokenizer)
+    if bad := [i for i in ids if not 0 <= i < vocab]:
+        raise BadRequest(f"token id {bad[0]} is outside this model's vocabulary (0 to {vocab - 1})")
+    return list(ids)
+
+
+def _tokens(
+    prompt: str, ids: list[int], pieces: list[str], tokenizer: PreTrainedTokenizerBase, offsets
+) -> Tokens:
+    special_ids = set(tokenizer.all_special_ids)
+    special = [token_id in special_ids for token_id in ids]
+    return Tokens(prompt, ids, pieces, char_spans(prompt, pieces, special, offsets), special)

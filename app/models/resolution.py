@@ -1,0 +1,75 @@
+"""Where a client's model_id points: a folder under the model root or a hub repository.
+
+Resolution never leaves the model root: absolute paths, `..` and the like are refused.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from app.config import Settings
+from app.errors import BadRequest, ModelNotAllowed, ModelNotFound
+
+# Hugging Face repo ids: "name" or "owner/name", letters, digits, "-", "_", ".".
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model_id points: a folder under the model root, or a hub repository."""
+
+    model_id: str
+    source: str
+    local: bool
+
+
+def resolve(model_id: str, settings: Settings) -> ModelSpec:
+    """Map client input to a model location without ever leaving the model root.
+
+    Raises BadRequest (an unsafe id), ModelNotAllowed (not in the allowlist) or
+    ModelNotFound (neither a folder nor, when the hub is allowed, a valid hub id).
+    """
+    path = PurePosixPath(model_id)
+    if (
+        "\\" in model_id
+        or "\x00" in model_id
+        or path.is_absolute()
+        or Path(model_id).is_absolute()
+        or any(part in ("..", ".") for part in model_id.split("/"))
+    ):
+        raise BadRequest(
+            "model_id must be a folder name under LLMVIZ_MODEL_ROOT or a Hugging Face id; "
+            "absolute paths and '..' are not allowed"
+        )
+    allowed = settings.model_allowlist
+    if allowed and not any(fnmatch.fnmatchcase(model_id, pattern) for pattern in allowed):
+        raise ModelNotAllowed(f"model {model_id!r} is not in this server's LLMVIZ_MODEL_ALLOWLIST")
+    folder = settings.model_root / model_id
+    if _is_dir(folder):
+        return ModelSpec(model_id, str(folder), local=True)
+    if not settings.allow_hub:
+        raise ModelNotFound(
+            f"model {model_id!r} is not a folder under LLMVIZ_MODEL_ROOT and "
+            "Hugging Face hub models are turned off (LLMVIZ_ALLOW_HUB=0)"
+        )
+    if not _HUB_ID.match(model_id) or "--" in model_id or ".." in model_id:
+        raise ModelNotFound(f"model {model_id!r} is not a local folder or a valid Hugging Face id")
+    return ModelSpec(model_id, model_id, local=False)
+
+
+def list_local(root: Path) -> list[str]:
+    """Model ids under the model root: folders (or owner/name folders) with a config.json."""
+    if not root.is_dir():
+        return []
+    found = [*root.glob("*/config.json"), *root.glob("*/*/config.json")]
+    return sorted(str(path.parent.relative_to(root).as_posix()) for path in found)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long for the file system is simply not a folder
+        return False
