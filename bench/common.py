@@ -12,8 +12,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from tests.server import LiveServer, wait_for  # noqa: E402
-from tests.tiny_models import save_gpt2_small_shape  # noqa: E402
+from tests.support.server import LiveServer, wait_for  # noqa: E402
+from tests.support.tiny_models import save_gpt2_small_shape  # noqa: E402
 
 __all__ = ["LiveServer", "wait_for", "ensure_gpt2_small", "prompt_of", "median", "percentile"]
 

@@ -21,7 +21,7 @@ import requests
 import torch
 
 from bench.common import LiveServer, ensure_gpt2_small, median, percentile, prompt_of, wait_for
-from tests.sse_client import SSEEvent, stream_events
+from tests.support.sse_client import SSEEvent, stream_events
 
 
 def in_process(path, prompt: str, new_tokens: int, runs: int) -> dict:

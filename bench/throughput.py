@@ -22,7 +22,7 @@ import requests
 import torch
 
 from bench.common import DEFAULT_ROOT, LiveServer, median, percentile, prompt_of, wait_for
-from tests.tiny_models import save_gpt2_small_shape, save_llama_1b_shape
+from tests.support.tiny_models import save_gpt2_small_shape, save_llama_1b_shape
 
 MODELS = {"gpt2-small": save_gpt2_small_shape, "tinyllama": save_llama_1b_shape}
 

@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny offline models, the Flask app and client, a real gunicorn server."""
+"""Shared fixtures: tiny offline models, the Flask app and its client, an empty model cache.
+
+The live fixtures (a real gunicorn server) are in tests/live/conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +18,7 @@ import pytest  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from app import create_app, models  # noqa: E402
-from tests.server import LiveServer  # noqa: E402
-from tests.tiny_models import save_gpt2, save_llama  # noqa: E402
-
-MODEL_IDS = ("tiny-gpt2", "tiny-llama")
+from tests.support.tiny_models import MODEL_IDS, save_gpt2, save_llama  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -56,30 +56,3 @@ def fresh_cache():
     models.cache.clear()
     yield models.cache
     models.cache.clear()
-
-
-@pytest.fixture(scope="session")
-def server(model_root):
-    """One real `gunicorn -c gunicorn.conf.py wsgi:app` (gevent worker) for the session."""
-    env = {
-        "LLMVIZ_MODEL_ROOT": str(model_root),
-        "LLMVIZ_DEFAULT_MODEL": "tiny-gpt2",
-        "LLMVIZ_MAX_NEW_TOKENS": "2000",
-    }
-    with LiveServer(env) as live:
-        yield live
-
-
-@pytest.fixture
-def start_server(model_root):
-    """Start extra gunicorn servers with their own LLMVIZ_* settings; stopped after the test."""
-    started = []
-
-    def start(**env: str) -> LiveServer:
-        live = LiveServer({"LLMVIZ_MODEL_ROOT": str(model_root), **env}).start()
-        started.append(live)
-        return live
-
-    yield start
-    for live in started:
-        live.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.web.sse import format_comment, format_event
-from tests.sse_client import SSEEvent, parse
+from tests.support.sse_client import SSEEvent, parse
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from app.engine.decoding import IncrementalDecoder, token_pieces
-from tests.conftest import MODEL_IDS
+from tests.support.tiny_models import MODEL_IDS
 
 TEXTS = [
     "Hello world",

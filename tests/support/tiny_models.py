@@ -29,6 +29,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+# One model per family, built for every test run by tests/conftest.py's `model_root`.
+MODEL_IDS = ("tiny-gpt2", "tiny-llama")
+
 CORPUS = [
     "Hello world! The quick brown fox jumps over the lazy dog.",
     "Once upon a time, there was a beautiful princess who lived in a castle.",

@@ -11,8 +11,8 @@ import time
 import pytest
 import requests
 
-from tests.server import wait_for
-from tests.sse_client import SSEEvent, message_data, parse, stream_events
+from tests.support.server import wait_for
+from tests.support.sse_client import SSEEvent, message_data, parse, stream_events
 
 PROMPTS = [
     "Hello world",

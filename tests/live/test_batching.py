@@ -6,8 +6,8 @@ import threading
 
 import requests
 
-from tests.server import wait_for
-from tests.sse_client import message_data, parse, stream_events
+from tests.support.server import wait_for
+from tests.support.sse_client import message_data, parse, stream_events
 
 
 def _stats(live, model_id):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.server import wait_for
+from tests.support.server import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.browser

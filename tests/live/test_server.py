@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.server import wait_for
+from tests.support.server import wait_for
 
 
 def test_seed_health(server):

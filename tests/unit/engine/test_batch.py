@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from app.engine.attention import HeadSelection
 from app.engine.batch import DecodeBatch
-from tests.conftest import MODEL_IDS
+from tests.support.tiny_models import MODEL_IDS
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15], [16, 17, 18, 19, 20]]
 
@@ -90,7 +90,7 @@ def sliding_root(tmp_path_factory):
     """A tiny Mistral whose KV cache is a sliding window (4 tokens): it cannot be merged."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    from tests.tiny_models import build_llama_tokenizer
+    from tests.support.tiny_models import build_llama_tokenizer
 
     root = tmp_path_factory.mktemp("sliding")
     tokenizer = build_llama_tokenizer()

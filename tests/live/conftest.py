@@ -1,0 +1,34 @@
+"""Live fixtures: the real gunicorn server (`gunicorn -c gunicorn.conf.py wsgi:app`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.server import LiveServer
+
+
+@pytest.fixture(scope="session")
+def server(model_root):
+    """One real `gunicorn -c gunicorn.conf.py wsgi:app` (gevent worker) for the session."""
+    env = {
+        "LLMVIZ_MODEL_ROOT": str(model_root),
+        "LLMVIZ_DEFAULT_MODEL": "tiny-gpt2",
+        "LLMVIZ_MAX_NEW_TOKENS": "2000",
+    }
+    with LiveServer(env) as live:
+        yield live
+
+
+@pytest.fixture
+def start_server(model_root):
+    """Start extra gunicorn servers with their own LLMVIZ_* settings; stopped after the test."""
+    started = []
+
+    def start(**env: str) -> LiveServer:
+        live = LiveServer({"LLMVIZ_MODEL_ROOT": str(model_root), **env}).start()
+        started.append(live)
+        return live
+
+    yield start
+    for live in started:
+        live.stop()

@@ -1,0 +1,150 @@
+"""A worker process's lifecycle on the real server: unloading, the idle TTL, SIGTERM, loads."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.server import wait_for
+from tests.support.sse_client import SSEEvent, parse, stream_events
+from tests.support.tiny_models import save_gpt2
+
+
+@pytest.fixture(scope="module")
+def big_root(tmp_path_factory):
+    """A 42M-parameter GPT-2 (about 170 MB in float32): big enough to see in RSS."""
+    root = tmp_path_factory.mktemp("big")
+    save_gpt2(root / "big-gpt2", n_layer=6, n_embd=768, n_head=12, n_positions=512)
+    save_gpt2(root / "tiny-gpt2")
+    return root
+
+
+def _rss_mb(live):
+    pid = live.worker_pids()[0]
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+def test_unload_frees_memory_after_finishing_its_stream(start_server, big_root):
+    live = start_server(LLMVIZ_MODEL_ROOT=str(big_root), LLMVIZ_MAX_NEW_TOKENS="400")
+    requests.post(live.url("/tokenize"), json={"model_id": "tiny-gpt2", "prompt": "x"}, timeout=60)
+    idle = _rss_mb(live)
+    body = {
+        "model_id": "big-gpt2",
+        "prompt": "Go",
+        "max_new_tokens": 300,
+        "temperature": 0,
+        "ignore_eos": True,
+        "details": True,
+    }
+    with requests.post(live.url("/generate/stream"), json=body, stream=True, timeout=120) as r:
+        events = stream_events(r)
+        next(e for e in events if getattr(e, "event", "") == "token")  # weights in use now
+        loaded = _rss_mb(live)
+        assert loaded - idle > 120, f"loading moved RSS by {loaded - idle:.0f} MB only"
+        unload = requests.delete(live.url("/models/big-gpt2"), timeout=10)
+        assert unload.status_code == 200 and unload.json()["finishing"] == 1
+        rest = [e for e in events if isinstance(e, SSEEvent)]
+    tokens = [e for e in rest if e.event == "token"]
+    assert len(tokens) == 299 and rest[-1].event == "done"  # it finished its work first
+    names = [m["model_id"] for m in requests.get(live.url("/models"), timeout=5).json()["loaded"]]
+    assert names == ["tiny-gpt2"]
+    wait_for(
+        lambda: _rss_mb(live) < idle + 0.2 * (loaded - idle),
+        timeout=20,
+        message=f"RSS back near {idle:.0f} MB (loaded: {loaded:.0f} MB)",
+    )
+
+
+def test_idle_models_are_unloaded_after_the_ttl(start_server):
+    live = start_server(LLMVIZ_MODEL_TTL="1")
+    requests.post(
+        live.url("/generate"),
+        json={"model_id": "tiny-gpt2", "prompt": "x", "max_new_tokens": 2},
+        timeout=60,
+    )
+    wait_for(
+        lambda: not requests.get(live.url("/models"), timeout=5).json()["loaded"],
+        timeout=15,
+        message="the idle model to be unloaded",
+    )
+    assert "LLMVIZ_MODEL_TTL" in live.log()
+    again = requests.post(
+        live.url("/tokenize"), json={"model_id": "tiny-gpt2", "prompt": "x"}, timeout=60
+    )
+    assert again.status_code == 200  # and it loads again on demand
+
+
+def test_sigterm_finishes_short_streams_and_ends_long_ones_cleanly(start_server):
+    live = start_server(GUNICORN_CMD_ARGS="--graceful-timeout 4", LLMVIZ_MAX_NEW_TOKENS="2000")
+    long_body = {
+        "model_id": "slow-gpt2",
+        "prompt": "Long",
+        "max_new_tokens": 2000,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    short_body = {**long_body, "model_id": "tiny-gpt2", "max_new_tokens": 300, "details": True}
+    for body in (long_body, short_body):
+        requests.post(live.url("/generate"), json={**body, "max_new_tokens": 1}, timeout=60)
+    results = {}
+    long_stream = requests.post(
+        live.url("/generate/stream"), json=long_body, stream=True, timeout=60
+    )
+    long_events = stream_events(long_stream)
+    next(long_events)
+    short = threading.Thread(
+        target=lambda: results.update(
+            short=requests.post(live.url("/generate/stream"), json=short_body, timeout=60).text
+        )
+    )
+    short.start()
+    live.proc.send_signal(signal.SIGTERM)
+    rest = list(long_events)  # raises if the stream is cut off instead of ended
+    short.join(timeout=30)
+    assert rest[-1] == SSEEvent("error", rest[-1].data)
+    assert json.loads(rest[-1].data)["code"] == "shutting_down"
+    short_events = parse(results["short"])
+    assert short_events[-1].event == "done"
+    assert json.loads(short_events[-1].data)["finish_reason"] == "length"
+    assert live.proc.wait(timeout=15) == 0
+    log = live.log()
+    assert "Traceback" not in log and "terminate called" not in log
+    assert not live.worker_pids()
+
+
+def test_health_answers_while_a_model_loads(start_server, big_root):
+    # bfloat16: every weight is converted while loading, so the load takes a while.
+    live = start_server(LLMVIZ_MODEL_ROOT=str(big_root), LLMVIZ_DTYPE="bfloat16")
+    requests.post(live.url("/tokenize"), json={"model_id": "tiny-gpt2", "prompt": "x"}, timeout=60)
+    loader = threading.Thread(
+        target=lambda: requests.post(
+            live.url("/tokenize"), json={"model_id": "big-gpt2", "prompt": "x"}, timeout=120
+        )
+    )
+    loader.start()
+    wait_for(
+        lambda: "big-gpt2" in _models(live)["loading"],
+        timeout=30,
+        interval=0.005,
+        message="the load to start",
+    )
+    latencies = []
+    while "big-gpt2" in _models(live)["loading"]:
+        started = time.perf_counter()
+        assert requests.get(live.url("/health"), timeout=5).ok
+        latencies.append(time.perf_counter() - started)
+    loader.join(timeout=60)
+    assert latencies, "the load ended before /health could be probed"
+    assert max(latencies) < 0.25, f"slowest /health during the load: {max(latencies):.3f}s"
+    assert "big-gpt2" in [m["model_id"] for m in _models(live)["loaded"]]
+
+
+def _models(live):
+    return requests.get(live.url("/models"), timeout=5).json()
