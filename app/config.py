@@ -28,6 +28,7 @@ class Settings:
     max_batch: int = 8
     max_queue: int = 32
     sse_ping_seconds: float = 10.0
+    stream_compat: bool = False  # plain streams for whitespace-trimming SSE parsers
     max_inspect_tokens: int = 1024
     max_inspect_bytes: int = 32 * 1024 * 1024
     api_keys: tuple[str, ...] = ()

@@ -6,7 +6,7 @@ turns them (and everything else) into one JSON shape: `{"error": message, "code"
 
 from __future__ import annotations
 
-from app.engine import QueueFull
+from app.engine import QueueFull, TaskAbandoned
 
 
 class APIError(Exception):
@@ -55,6 +55,15 @@ class Overloaded(APIError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class ClientClosedRequest(APIError):
+    """The client went away before the answer was ready; nobody reads this (nginx's 499)."""
+
+    status, code = 499, "client_closed_request"
+
+    def __init__(self) -> None:
+        super().__init__("the client closed the connection before the answer was ready")
+
+
 class ModelLoadFailed(APIError):
     status, code = 500, "model_load_failed"
 
@@ -69,4 +78,6 @@ def translate(exc: Exception) -> APIError | None:
         return exc
     if isinstance(exc, QueueFull):
         return Overloaded(str(exc))
+    if isinstance(exc, TaskAbandoned):
+        return ClientClosedRequest()
     return None

@@ -26,7 +26,7 @@ from app.engine.contract import CausalLM, Tokenizer
 from app.engine.events import Alternative, DoneEvent, ErrorEvent, Event, TokenEvent
 from app.engine.job import GenerationJob
 from app.engine.sampling import SamplingParams
-from app.engine.worker import ModelTask, ModelWorker, QueueFull, WorkerClosed
+from app.engine.worker import ModelTask, ModelWorker, QueueFull, TaskAbandoned, WorkerClosed
 
 __all__ = [
     "Alternative",
@@ -40,6 +40,7 @@ __all__ = [
     "ModelWorker",
     "QueueFull",
     "SamplingParams",
+    "TaskAbandoned",
     "Tokenizer",
     "TokenEvent",
     "WorkerClosed",

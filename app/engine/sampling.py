@@ -8,7 +8,6 @@ import torch
 from transformers import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
@@ -62,8 +61,6 @@ class Sampler:
         self._shape = LogitsProcessorList()
         if params.repetition_penalty != 1.0:
             self._shape.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
-        if not params.greedy and params.temperature != 1.0:
-            self._shape.append(TemperatureLogitsWarper(params.temperature))
         self._truncate = LogitsProcessorList()
         if params.top_k > 0:
             self._truncate.append(TopKLogitsWarper(params.top_k))
@@ -78,7 +75,7 @@ class Sampler:
     def choose(self, logits: torch.Tensor) -> Choice:
         """Pick the next token from a 1-D row of logits and remember it."""
         seen = self._seen[:, : self._length]
-        scores = self._shape(seen, logits.float().unsqueeze(0))
+        scores = _temper(self._shape(seen, logits.float().unsqueeze(0)), self._params)
         if self._params.greedy:
             token = scores.argmax(dim=-1)
         else:
@@ -99,3 +96,19 @@ class Sampler:
             values, ids = logprobs.topk(self._params.top_logprobs)
             top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
         return Choice(token_id, float(logprobs[token_id]), top)
+
+
+def _temper(scores: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Apply the temperature so that no accepted temperature or penalty can make NaNs.
+
+    A repetition penalty near 0 (or huge) pushes logits to ±inf; they are clamped to the
+    largest finite float, which keeps their order. The row's maximum is subtracted before
+    dividing, so a temperature near 0 cannot overflow: the likeliest token then gets
+    probability 1, as with greedy decoding. NaN logits from the model itself stay NaN,
+    so a broken model fails loudly instead of sampling garbage.
+    """
+    largest = torch.finfo(scores.dtype).max
+    scores = scores.nan_to_num(nan=float("nan"), posinf=largest, neginf=-largest)
+    if params.greedy or params.temperature == 1.0:
+        return scores
+    return (scores - scores.amax(dim=-1, keepdim=True)) / params.temperature

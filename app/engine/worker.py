@@ -31,6 +31,10 @@ class WorkerClosed(RuntimeError):
     """The model was unloaded before the job could be queued; load it again."""
 
 
+class TaskAbandoned(RuntimeError):
+    """The caller stopped waiting for a task (its client went away)."""
+
+
 class QueueFull(RuntimeError):
     """The worker already holds `max_queue` waiting jobs and tasks; retry later."""
 
@@ -53,20 +57,30 @@ class ModelTask(Generic[T]):
     def __init__(self, fn: Callable[[CausalLM, Tokenizer], T]) -> None:
         self._fn = fn
         self._mailbox = Mailbox()
+        self.cancelled = False  # set by the caller, read by the worker before it runs the task
 
     def run(self, model: CausalLM, tokenizer: Tokenizer) -> None:
         """Call the function with the model; deliver its result or its exception."""
+        if self.cancelled:
+            return
         try:
             self._mailbox.put((True, self._fn(model, tokenizer)))
         except Exception as exc:
             self._mailbox.put((False, exc))
 
-    def result(self) -> T:
-        """Wait for the task (blocking only the calling greenlet) and return its result."""
+    def result(self, gone: Callable[[], bool] = lambda: False, poll_seconds: float = 0.5) -> T:
+        """Wait for the task (blocking only the calling greenlet) and return its result.
+
+        Checks `gone()` every `poll_seconds`; once it is true, the task is cancelled
+        (if it has not started) and TaskAbandoned is raised.
+        """
         while True:
             try:
-                ok, value = self._mailbox.get(timeout=60.0)
+                ok, value = self._mailbox.get(timeout=poll_seconds)
             except TimeoutError:
+                if gone():
+                    self.cancelled = True
+                    raise TaskAbandoned from None
                 continue
             if ok:
                 return value

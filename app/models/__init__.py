@@ -8,14 +8,15 @@
 """
 
 from app.models.cache import ModelCache, cache, submit
-from app.models.loaded import LoadedModel
-from app.models.loading import check_available, load, read_config
+from app.models.loaded import LoadedModel, ModelProfile
+from app.models.loading import check_available, load, load_profile, read_config
 from app.models.prompts import PromptInput, Tokens
 from app.models.resolution import ModelSpec, list_local, resolve
 
 __all__ = [
     "LoadedModel",
     "ModelCache",
+    "ModelProfile",
     "ModelSpec",
     "PromptInput",
     "Tokens",
@@ -23,6 +24,7 @@ __all__ = [
     "check_available",
     "list_local",
     "load",
+    "load_profile",
     "read_config",
     "resolve",
     "submit",

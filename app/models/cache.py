@@ -14,10 +14,13 @@ from app.engine import GenerationJob, ModelTask, WorkerClosed
 from app.engine.threads import run_off_hub
 from app.errors import APIError, ModelLoadFailed, Overloaded
 from app.models import loading
-from app.models.loaded import LoadedModel
+from app.models.loaded import LoadedModel, ModelProfile
 from app.models.resolution import ModelSpec
 
 log = logging.getLogger(__name__)
+
+
+Loader = Callable[[ModelSpec, Settings, ModelProfile | None], LoadedModel]
 
 
 class _Slot:
@@ -37,7 +40,7 @@ class ModelCache:
     load is forgotten, so the next request tries again.
     """
 
-    def __init__(self, loader: Callable[[ModelSpec, Settings], LoadedModel]) -> None:
+    def __init__(self, loader: Loader) -> None:
         self._lock = threading.Lock()
         self._slots: OrderedDict[ModelSpec, _Slot] = OrderedDict()
         self.settings = Settings()
@@ -66,8 +69,11 @@ class ModelCache:
             slot = self._slots.get(spec)
         return slot.model if slot is not None else None
 
-    def begin(self, spec: ModelSpec) -> _Slot:
-        """Start loading `spec` unless it is loaded or loading; return its slot."""
+    def begin(self, spec: ModelSpec, profile: ModelProfile | None = None) -> _Slot:
+        """Start loading `spec` unless it is loaded or loading; return its slot.
+
+        A `profile` the caller has already loaded is reused by the load.
+        """
         with self._lock:
             slot = self._slots.get(spec)
             if slot is not None:
@@ -75,7 +81,7 @@ class ModelCache:
                 return slot
             slot = self._slots[spec] = _Slot()
             self.loads_started += 1
-        threading.Thread(target=self._load, args=(spec, slot), daemon=True).start()
+        threading.Thread(target=self._load, args=(spec, slot, profile), daemon=True).start()
         return slot
 
     def loaded(self) -> list[LoadedModel]:
@@ -141,9 +147,9 @@ class ModelCache:
         """
         self.clear(cancel=True, timeout=10.0)
 
-    def _load(self, spec: ModelSpec, slot: _Slot) -> None:
+    def _load(self, spec: ModelSpec, slot: _Slot, profile: ModelProfile | None) -> None:
         try:
-            slot.model = run_off_hub(self.loader, spec, self.settings)
+            slot.model = run_off_hub(self.loader, spec, self.settings, profile)
             if self.on_load is not None:
                 self.on_load(slot.model)
         except APIError as exc:

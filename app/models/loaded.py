@@ -1,7 +1,13 @@
-"""A model in memory: its weights, tokenizer and worker thread, behind a small interface.
+"""What the layers above the registry know of a model.
 
-Code above the registry asks a `LoadedModel` for what it needs (its shape, its
-counters, work to be queued) and never reaches into the worker or the weights.
+- `ModelProfile`: its tokenizer and config, everything a request is checked
+  against (prompt, context length, layers and heads). It loads in moments, before
+  the weights, so a request can be refused with a plain JSON error before a
+  stream starts.
+- `LoadedModel`: the profile plus the weights and the worker thread that owns them.
+
+Code above the registry asks these for what it needs (their shape, counters, work
+to be queued) and never reaches into the worker or the weights.
 """
 
 from __future__ import annotations
@@ -11,30 +17,86 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from app.engine import GenerationJob, ModelTask, ModelWorker
+from app.errors import BadRequest
 from app.models.resolution import ModelSpec
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
+@dataclass(frozen=True)
+class ModelProfile:
+    """A model's tokenizer and what its config says, without its weights."""
+
+    spec: ModelSpec
+    tokenizer: PreTrainedTokenizerBase  # shared: no call may change its settings
+    context_length: int | None
+    n_layers: int
+    n_heads: int
+
+    @property
+    def model_id(self) -> str:
+        """The model's canonical id."""
+        return self.spec.model_id
+
+    def shape(self) -> dict[str, int]:
+        """Layer and head counts, for checking selections."""
+        return {"n_layers": self.n_layers, "n_heads": self.n_heads}
+
+    def check_context(self, input_tokens: int, new_tokens: int = 0) -> None:
+        """Refuse (400) an input that, with `new_tokens` more, would not fit the context."""
+        limit = self.context_length
+        if limit is None or input_tokens + new_tokens <= limit:
+            return
+        if new_tokens:
+            raise BadRequest(
+                f"the prompt has {input_tokens} tokens and max_new_tokens is {new_tokens}, "
+                f"but the model's context length is {limit}"
+            )
+        raise BadRequest(
+            f"the input has {input_tokens} tokens, but the model's context length is {limit}"
+        )
+
+
 @dataclass
 class LoadedModel:
     """A model in memory, with the worker thread that owns it."""
 
-    spec: ModelSpec
+    profile: ModelProfile
     model: PreTrainedModel  # only the worker thread runs it
-    tokenizer: PreTrainedTokenizerBase  # shared: no call may change its settings
     worker: ModelWorker
     eos_ids: frozenset[int]
-    context_length: int | None
     load_seconds: float
     memory_bytes: int = 0
     last_used: float = field(default_factory=time.time)
 
     @property
+    def spec(self) -> ModelSpec:
+        """Where the model came from."""
+        return self.profile.spec
+
+    @property
     def model_id(self) -> str:
-        """The id this model was loaded under."""
-        return self.spec.model_id
+        """The model's canonical id."""
+        return self.profile.spec.model_id
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The model's tokenizer (shared; see ModelProfile)."""
+        return self.profile.tokenizer
+
+    @property
+    def context_length(self) -> int | None:
+        """Most positions the model takes, or None when its config does not say."""
+        return self.profile.context_length
+
+    def check_context(self, input_tokens: int, new_tokens: int = 0) -> None:
+        """See ModelProfile.check_context."""
+        self.profile.check_context(input_tokens, new_tokens)
+
+    def shape(self) -> dict[str, int]:
+        """See ModelProfile.shape."""
+        return self.profile.shape()
 
     def enqueue(self, work: GenerationJob | ModelTask) -> None:
         """Queue work on the model's thread (see ModelWorker.submit for the errors)."""
@@ -50,11 +112,6 @@ class LoadedModel:
         if stats["active"] or stats["queued"]:
             return 0.0
         return now - max(self.last_used, self.worker.last_finished)
-
-    def shape(self) -> dict[str, int]:
-        """Layer and head counts, for checking selections."""
-        config = self.model.config.get_text_config()
-        return {"n_layers": config.num_hidden_layers, "n_heads": config.num_attention_heads}
 
     def placement(self) -> dict[str, str]:
         """Where the weights live: `device` ("cpu", "cuda:0") and `dtype` ("float32", ...)."""

@@ -23,7 +23,7 @@ from transformers.utils import cached_file
 from app.config import Settings
 from app.engine import ModelWorker
 from app.errors import BadRequest, ModelLoadFailed, ModelNotFound
-from app.models.loaded import LoadedModel
+from app.models.loaded import LoadedModel, ModelProfile
 from app.models.resolution import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -44,27 +44,38 @@ def read_config(spec: ModelSpec) -> tuple[PretrainedConfig, dict[str, Any]]:
     return config, raw
 
 
-def load(spec: ModelSpec, settings: Settings) -> LoadedModel:
-    """Load tokenizer and weights (slow, blocking) and start the model's worker thread.
+def load_profile(spec: ModelSpec) -> ModelProfile:
+    """The model's tokenizer and config (fast: no weights); raises as `load` does."""
+    with _loading_errors(spec, unexpected=True):
+        # trust_remote_code stays off: a request must never run code from a repository.
+        tokenizer = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(spec.source, trust_remote_code=False)
+    text = config.get_text_config()
+    return ModelProfile(
+        spec, tokenizer, _context_length(text), text.num_hidden_layers, text.num_attention_heads
+    )
 
+
+def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = None) -> LoadedModel:
+    """Load the weights (slow, blocking) and start the model's worker thread.
+
+    `profile` is the model's `load_profile`, when the caller has it already.
     Raises ModelNotFound, BadRequest (not a causal LM) or ModelLoadFailed.
     """
     device = _pick_device(settings.device)
     started = time.perf_counter()
+    profile = profile or load_profile(spec)
     with _loading_errors(spec, unexpected=True):
-        # trust_remote_code stays off: a request must never run code from a repository.
-        tokenizer = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
             spec.source, dtype=_pick_dtype(settings.dtype, device), trust_remote_code=False
         )
     model.to(device).eval()
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = _eos_ids(model, profile.tokenizer)
     seconds = time.perf_counter() - started
     log.info("loaded model %s on %s in %.2fs", spec.model_id, device, seconds)
-    worker = ModelWorker(model, tokenizer, eos_ids, settings.max_batch, settings.max_queue)
+    worker = ModelWorker(model, profile.tokenizer, eos_ids, settings.max_batch, settings.max_queue)
     memory = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    context = _context_length(model.config)
-    return LoadedModel(spec, model, tokenizer, worker, eos_ids, context, seconds, memory)
+    return LoadedModel(profile, model, worker, eos_ids, seconds, memory)
 
 
 @contextmanager

@@ -29,6 +29,10 @@ class ModelSpec:
 def resolve(model_id: str, settings: Settings) -> ModelSpec:
     """Map client input to a model location without ever leaving the model root.
 
+    Every spelling of one model gets one id (the spec's `model_id`): empty path
+    parts are dropped ("org//name/" is "org/name") and a local folder reached
+    through a symlink in the root is named by its real folder.
+
     Raises BadRequest (an unsafe id), ModelNotAllowed (not in the allowlist) or
     ModelNotFound (neither a folder nor, when the hub is allowed, a valid hub id).
     """
@@ -44,12 +48,15 @@ def resolve(model_id: str, settings: Settings) -> ModelSpec:
             "model_id must be a folder name under LLMVIZ_MODEL_ROOT or a Hugging Face id; "
             "absolute paths and '..' are not allowed"
         )
+    model_id = "/".join(part for part in model_id.split("/") if part)  # "a//b/" is "a/b"
+    folder = settings.model_root / model_id
+    if model_id and _is_dir(folder):
+        model_id = _canonical_folder(settings.model_root, folder, model_id)
     allowed = settings.model_allowlist
     if allowed and not any(fnmatch.fnmatchcase(model_id, pattern) for pattern in allowed):
         raise ModelNotAllowed(f"model {model_id!r} is not in this server's LLMVIZ_MODEL_ALLOWLIST")
-    folder = settings.model_root / model_id
-    if _is_dir(folder):
-        return ModelSpec(model_id, str(folder), local=True)
+    if model_id and _is_dir(folder):
+        return ModelSpec(model_id, str(settings.model_root / model_id), local=True)
     if not settings.allow_hub:
         raise ModelNotFound(
             f"model {model_id!r} is not a folder under LLMVIZ_MODEL_ROOT and "
@@ -66,6 +73,17 @@ def list_local(root: Path) -> list[str]:
         return []
     found = [*root.glob("*/config.json"), *root.glob("*/*/config.json")]
     return sorted(str(path.parent.relative_to(root).as_posix()) for path in found)
+
+
+def _canonical_folder(root: Path, folder: Path, model_id: str) -> str:
+    """One id per folder: a symlink inside the root is named by the folder it points to."""
+    try:
+        real, real_root = folder.resolve(strict=True), root.resolve(strict=True)
+    except OSError:
+        return model_id
+    if real.is_relative_to(real_root) and real != real_root:
+        return real.relative_to(real_root).as_posix()
+    return model_id  # a link out of the root, placed there by whoever runs the server
 
 
 def _is_dir(path: Path) -> bool:

@@ -63,7 +63,11 @@ class TokenDetail(_Out):
     """One generated token in `details.tokens` and in `token` events."""
 
     id: int
-    text: str
+    text: str = Field(description="The text this token adds to the decoded sequence.")
+    delta: str = Field(
+        description="The text to append for /generate's answer: held back while it may "
+        "begin a stop string, cut at one."
+    )
     logprob: float | None
     special: bool
     top_logprobs: list[TokenAlternative]
@@ -79,6 +83,12 @@ class GenerationEnd(_Out):
     prompt_tokens: int
     generated_tokens: int
     timing: dict[str, float | None]
+
+
+class StreamEnd(GenerationEnd):
+    """The `done` event of a details stream."""
+
+    delta: str = Field(description="The text held back until the end (see `delta`).")
 
 
 class GenerationDetails(GenerationEnd):
@@ -130,10 +140,9 @@ class UnloadResponse(_Out):
     finishing: int
 
 
-class ArchitectureResponse(_Out):
-    """GET /models/<model_id>/config (the README explains every field)."""
+class Architecture(_Out):
+    """A model's normalized architecture (the README explains every field)."""
 
-    model_id: str
     architecture: str | None
     family: str
     n_layers: int | None
@@ -152,9 +161,30 @@ class ArchitectureResponse(_Out):
     logit_softcap: float | None
     n_params: int | None
     llmviz_shape: dict[str, int | None]
+
+
+class ArchitectureResponse(Architecture):
+    """GET /models/<model_id>/config."""
+
+    model_id: str
     raw_config: dict[str, Any]
     dtype: str | None = Field(None, description="Only when the model is loaded.")
     device: str | None = Field(None, description="Only when the model is loaded.")
+
+
+class FrontendConfigResponse(BaseModel):
+    """POST /config: config.json's own keys at the top level (any of them), with the keys the
+    llm-viz fork's PromptBar reads filled in from the text model, and our description."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model_id: str
+    hidden_size: int | None
+    num_attention_heads: int | None
+    num_hidden_layers: int | None
+    vocab_size: int | None
+    max_position_embeddings: int | None
+    llmviz: Architecture
 
 
 class InspectToken(_Out):

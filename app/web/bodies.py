@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.errors import BadRequest
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _Body(BaseModel):
@@ -16,6 +19,10 @@ class _Body(BaseModel):
     model_id: str | None = Field(
         None, min_length=1, max_length=256, description="Model folder or Hugging Face id."
     )
+
+
+class ConfigRequest(_Body):
+    """Body of POST /config."""
 
 
 class ChatMessage(BaseModel):
@@ -95,10 +102,39 @@ def parse_body(model: type[_Body], payload: object) -> _Body:
     """Validate a decoded JSON body, turning every problem into one 400 message."""
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")
+    if where := _first_surrogate(payload):
+        raise BadRequest(
+            f"invalid request: {where}: holds an unpaired UTF-16 surrogate escape "
+            "(such as \\ud800 alone), which is not a Unicode character; send valid text"
+        )
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
         raise BadRequest(_describe(exc)) from None
+
+
+def _first_surrogate(payload: object) -> str | None:
+    """The path of the first string (or key) holding a lone surrogate, like `messages.0.content`.
+
+    JSON's `\\ud800` escapes decode to such strings, which no tokenizer can encode.
+    """
+    stack: list[tuple[str, object]] = [("", payload)]
+    while stack:  # iterative: the body may be nested about as deep as the JSON parser allows
+        path, value = stack.pop()
+        items = (
+            value.items()
+            if isinstance(value, dict)
+            else enumerate(value)
+            if isinstance(value, list)
+            else ()
+        )
+        for key, item in items:
+            where = f"{path}.{key}" if path else str(key)
+            if _SURROGATE.search(str(key)) or (isinstance(item, str) and _SURROGATE.search(item)):
+                return where
+            if isinstance(item, dict | list):
+                stack.append((where, item))
+    return None
 
 
 def _describe(exc: ValidationError) -> str:

@@ -18,14 +18,15 @@ from app.config import Settings
 from app.engine import DoneEvent, GenerationJob, SamplingParams
 from app.engine.threads import run_off_hub
 from app.errors import APIError, BadRequest, GenerationFailed, translate
-from app.models import LoadedModel, ModelSpec, prompts
+from app.models import ModelProfile, ModelSpec, prompts
 from app.ops import metrics
 from app.web import parsing, requestlog, sse
 from app.web.answers import GenerateResponse
 from app.web.bodies import GenerateRequest
 from app.web.disconnect import disconnect_probe
 from app.web.docs import documented
-from app.web.shaping import Transcript, error_event, follow, reply, stream_event
+from app.web.shaping import Transcript, follow, reply
+from app.web.streams import StreamFramer
 
 log = logging.getLogger(__name__)
 bp = Blueprint("generation", __name__)
@@ -38,12 +39,14 @@ def generate():
     body = parsing.read_body(GenerateRequest)
     settings = parsing.settings()
     lm = models.cache.get(parsing.model_spec(body.model_id))
-    job, prompt = _submit(lm, body, settings)
+    job, prompt = _prepare(lm.profile, body, settings)
+    models.submit(lm, job)
+    record = requestlog.record()
     transcript = Transcript(prompt)
-    for event in follow(job, settings.sse_ping_seconds):
+    # A client that leaves stops the work here too, not only on a stream.
+    for event in follow(job, settings.sse_ping_seconds, disconnect_probe(request.environ)):
         transcript.add(event)
-    if transcript.done is not None:
-        account(requestlog.record(), lm.model_id, transcript)
+    _account(record, lm.model_id, job, transcript)
     transcript.raise_for_failure()
     return reply(transcript.answer(body.return_full_text, body.details))
 
@@ -55,51 +58,68 @@ def generate_stream():
     body = parsing.read_body(GenerateRequest)
     settings = parsing.settings()
     spec = parsing.model_spec(body.model_id)
-    prepared = None
-    if (lm := models.cache.peek(spec)) is not None:
-        prepared = _submit(lm, body, settings)  # every error is still a plain JSON answer here
+    lm = models.cache.peek(spec)
+    if lm is not None:
+        job, prompt = _prepare(lm.profile, body, settings)
+        models.submit(lm, job)
     else:
-        run_off_hub(models.check_available, spec)  # an unknown model is a 404, not an event
-        models.cache.begin(spec)  # load while the headers go out
+        # Tokenizer and config load in moments: every bad request is still a plain JSON
+        # answer. The weights then load while the headers go out and pings keep it open.
+        profile = run_off_hub(models.load_profile, spec)
+        job, prompt = _prepare(profile, body, settings)
+        models.cache.begin(spec, profile)
     stream = _stream(
-        spec, body, prepared, settings, disconnect_probe(request.environ), requestlog.record()
+        spec,
+        job,
+        prompt,
+        lm is None,
+        StreamFramer(body.details, settings.stream_compat),
+        _echoes_prompt(body, settings),
+        settings.sse_ping_seconds,
+        disconnect_probe(request.environ),
+        requestlog.record(),
     )
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS)
 
 
 def _stream(
     spec: ModelSpec,
-    body: GenerateRequest,
-    prepared: tuple[GenerationJob, str] | None,
-    settings: Settings,
+    job: GenerationJob,
+    prompt: str,
+    cold: bool,
+    framer: StreamFramer,
+    echo: bool,
+    ping: float,
     client_gone: Callable[[], bool],
     record: dict[str, Any],
 ) -> Iterator[bytes]:
     # Values are passed in: the request context is gone by the time this runs.
-    ping = settings.sse_ping_seconds
-    job = None
     try:
         yield b""  # the headers go out now, before the prompt is processed
-        if prepared is None:
+        if cold:
             lm = yield from _await_model(spec, ping)
-            prepared = _submit(lm, body, settings)
-        job, prompt = prepared
-        if body.return_full_text:
-            yield sse.format_event(prompt)
+            models.submit(lm, job)
+        if echo:
+            yield from framer.prompt(prompt)
         transcript = Transcript(prompt)
         for event in follow(job, ping, client_gone):
             transcript.add(event)
             if isinstance(event, DoneEvent):
-                account(record, spec.model_id, transcript)
-            yield from stream_event(event, body.details)
+                _account(record, spec.model_id, job, transcript)
+            yield from framer.frame(event)
         if transcript.done is None and transcript.error is None:
-            record["finish_reason"] = "disconnected"
+            _account(record, spec.model_id, job, transcript)  # the client left
     except Exception as exc:
-        yield error_event(_stream_error(exc))
+        yield from framer.fail(_stream_error(exc))
     finally:
-        # `follow` cancels the job too; this covers a client gone before it started.
-        if job is not None:
-            job.cancel()
+        job.cancel()  # `follow` does too; this covers a client gone before it started
+
+
+def _echoes_prompt(body: GenerateRequest, settings: Settings) -> bool:
+    # Streams for whitespace-trimming clients leave the prompt out unless asked for it.
+    if settings.stream_compat and "return_full_text" not in body.model_fields_set:
+        return False
+    return body.return_full_text
 
 
 def _stream_error(exc: Exception) -> APIError:
@@ -118,42 +138,37 @@ def _await_model(spec: ModelSpec, ping: float) -> Iterator[bytes]:
             yield sse.format_comment("ping")
 
 
-def _submit(
-    lm: LoadedModel, body: GenerateRequest, settings: Settings
+def _prepare(
+    profile: ModelProfile, body: GenerateRequest, settings: Settings
 ) -> tuple[GenerationJob, str]:
-    """Check the request against the model, queue its job; return it with the prompt text."""
+    """Check the request against the model; return its job (not yet queued) and prompt text."""
     if body.max_new_tokens > settings.max_new_tokens:
         raise BadRequest(
             f"max_new_tokens must be at most {settings.max_new_tokens} (LLMVIZ_MAX_NEW_TOKENS)"
         )
-    prompt, prompt_ids = run_off_hub(prompts.encode, lm, parsing.prompt_input(body))
-    limit = lm.context_length
-    if limit is not None and len(prompt_ids) + body.max_new_tokens > limit:
-        raise BadRequest(
-            f"the prompt has {len(prompt_ids)} tokens and max_new_tokens is {body.max_new_tokens}, "
-            f"but the model's context length is {limit}"
-        )
+    prompt, prompt_ids = run_off_hub(prompts.encode, profile, parsing.prompt_input(body))
+    profile.check_context(len(prompt_ids), body.max_new_tokens)
     fields = body.model_dump(include=set(SamplingParams.__dataclass_fields__))
     params = SamplingParams(**fields, logprobs=body.details)
     watch = None
     if body.attention is not None:
-        watch = parsing.head_selection(lm, body.layers, body.heads)
-    job = GenerationJob(prompt_ids, params, tuple(body.stop), watch)
-    models.submit(lm, job)
-    return job, prompt
+        watch = parsing.head_selection(profile, body.layers, body.heads)
+    return GenerationJob(prompt_ids, params, tuple(body.stop), watch), prompt
 
 
-def account(record: dict[str, Any], model: str, transcript: Transcript) -> None:
-    """Put a finished generation into the request log and the metrics."""
-    done = transcript.done
+def _account(
+    record: dict[str, Any], model: str, job: GenerationJob, transcript: Transcript
+) -> None:
+    """Put a generation, finished, failed or left by its client, into the log and metrics."""
+    done, failed = transcript.done, transcript.error is not None
     record.update(
         model=model,
-        prompt_tokens=done.prompt_tokens,
-        generated_tokens=done.generated_tokens,
-        finish_reason=done.finish_reason,
-        ttft_ms=done.timing.get("ttft_ms"),
-        queue_ms=done.timing.get("queue_ms"),
+        prompt_tokens=len(job.prompt_ids),
+        generated_tokens=len(transcript.tokens),
+        finish_reason=done.finish_reason if done else "error" if failed else "disconnected",
         prompt=transcript.prompt,
         output=transcript.text,
     )
-    metrics.observe_generation(model, done.timing, done.prompt_tokens, done.generated_tokens)
+    if done is not None:
+        record.update(ttft_ms=done.timing.get("ttft_ms"), queue_ms=done.timing.get("queue_ms"))
+        metrics.observe_generation(model, done.timing, done.prompt_tokens, done.generated_tokens)

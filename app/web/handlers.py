@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from app.engine import QueueFull
+from app.engine import QueueFull, TaskAbandoned
 from app.errors import APIError, translate
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(APIError)
     @app.errorhandler(QueueFull)
+    @app.errorhandler(TaskAbandoned)
     def _api_error(exc: Exception):
         error = translate(exc)
         return _json(error.to_dict(), error.status, error.headers)

@@ -3,17 +3,17 @@ and the layer/head selections it asks for."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, TypeVar
 
 from flask import current_app, request
-from werkzeug.exceptions import BadRequest as WerkzeugBadRequest
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app import models
 from app.config import Settings
 from app.engine import HeadSelection
 from app.errors import BadRequest, PayloadTooLarge
-from app.models import LoadedModel, ModelSpec, PromptInput
+from app.models import ModelProfile, ModelSpec, PromptInput
 from app.web.bodies import parse_body
 
 B = TypeVar("B")
@@ -25,17 +25,42 @@ def settings() -> Settings:
 
 
 def read_body(schema: type[B]) -> B:
-    """The request's JSON body, validated by `schema` (a pydantic model); a 400 or 413 if not."""
+    """The request's JSON body, validated by `schema` (a pydantic model); a 400 or 413 if not.
+
+    The body is read as JSON whatever its Content-Type: browsers may send JSON as
+    text/plain to avoid a CORS preflight.
+    """
+    return parse_body(schema, _decode_json(_raw_body()))
+
+
+def _raw_body() -> bytes:
+    limit = settings().max_body_bytes
+    chunks, size = [], 0
     try:
-        # force: browsers may send JSON as text/plain to avoid a CORS preflight.
-        payload = request.get_json(force=True)
-    except RequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"request body is larger than {settings().max_body_bytes} bytes (LLMVIZ_MAX_BODY_BYTES)"
+        # Read up to one byte past the limit: a chunked body has no Content-Length to check.
+        while size <= limit and (chunk := request.stream.read(limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except RequestEntityTooLarge:  # werkzeug's own check of the length or the stream
+        size = limit + 1
+    if size > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes (LLMVIZ_MAX_BODY_BYTES)")
+    return b"".join(chunks)
+
+
+def _decode_json(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply to be a request") from None
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"request body is not valid JSON: {exc.msg} at character {exc.pos}"
         ) from None
-    except WerkzeugBadRequest:
-        raise BadRequest("request body is not valid JSON") from None
-    return parse_body(schema, payload)
+    except ValueError:  # an integer of more than 4300 digits (Python's conversion limit)
+        raise BadRequest("request body holds a number too long to be a request value") from None
 
 
 def model_spec(model_id: str | None) -> ModelSpec:
@@ -56,10 +81,10 @@ def prompt_input(body: Any) -> PromptInput:
 
 
 def head_selection(
-    lm: LoadedModel, layers: list[int] | None, heads: Literal["all"] | list[int]
+    profile: ModelProfile, layers: list[int] | None, heads: Literal["all"] | list[int]
 ) -> HeadSelection:
     """The layers (all when None) and heads (all for "all") asked for, checked against the model."""
-    shape = lm.shape()
+    shape = profile.shape()
     chosen_heads = None if heads == "all" else _indices(heads, shape["n_heads"], "head")
     return HeadSelection(_indices(layers, shape["n_layers"], "layer"), chosen_heads)
 

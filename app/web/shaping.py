@@ -15,10 +15,8 @@ from flask import Response, jsonify
 from pydantic import BaseModel
 
 from app.engine import DoneEvent, ErrorEvent, Event, GenerationJob, TokenEvent
-from app.errors import APIError, GenerationFailed, ShuttingDown
-from app.web import sse
+from app.errors import ClientClosedRequest, GenerationFailed, ShuttingDown
 from app.web.answers import (
-    ErrorResponse,
     GenerateResponse,
     GenerationDetails,
     GenerationEnd,
@@ -80,7 +78,9 @@ class Transcript:
         """Raise what ended the generation early: a failure or the server's shutdown."""
         if self.error is not None:
             raise GenerationFailed(self.error.message)
-        if self.done is None or self.done.finish_reason == "shutdown":
+        if self.done is None:  # the reader stopped early: the client went away
+            raise ClientClosedRequest
+        if self.done.finish_reason == "shutdown":
             raise ShuttingDown
 
     def answer(self, full_text: bool, details: bool) -> GenerateResponse:
@@ -88,7 +88,7 @@ class Transcript:
         text = self.prompt + self.text if full_text else self.text
         if not details:
             return GenerateResponse(text=text)
-        shown = GenerationDetails(**_end(self.done).model_dump(), tokens=self.token_details())
+        shown = GenerationDetails(**end_of(self.done).model_dump(), tokens=self.token_details())
         return GenerateResponse(text=text, details=shown)
 
     def token_details(self) -> list[TokenDetail]:
@@ -102,6 +102,7 @@ def token_detail(event: TokenEvent) -> TokenDetail:
     return TokenDetail(
         id=event.token_id,
         text=event.piece,
+        delta=event.text,
         logprob=_finite(event.logprob),
         special=event.special,
         top_logprobs=[
@@ -112,39 +113,14 @@ def token_detail(event: TokenEvent) -> TokenDetail:
     )
 
 
-def stream_event(event: Event | None, with_details: bool) -> Iterator[bytes]:
-    """The SSE bytes for one engine event (nothing for a silent piece)."""
-    if event is None:
-        yield sse.format_comment("ping")
-    elif isinstance(event, ErrorEvent):
-        yield error_event(GenerationFailed(event.message))
-    elif isinstance(event, TokenEvent) and with_details:
-        yield sse.format_event(_json(token_detail(event)), event="token")
-    else:
-        if event.text:
-            yield sse.format_event(event.text)
-        if isinstance(event, DoneEvent) and event.finish_reason == "shutdown":
-            yield error_event(ShuttingDown())
-        elif isinstance(event, DoneEvent) and with_details:
-            yield sse.format_event(_json(_end(event)), event="done")
-
-
-def error_event(exc: APIError) -> bytes:
-    """An error after the stream started: the status code can no longer change."""
-    return sse.format_event(_json(ErrorResponse(**exc.to_dict())), event="error")
-
-
-def _end(done: DoneEvent) -> GenerationEnd:
+def end_of(done: DoneEvent) -> GenerationEnd:
+    """How a generation ended, as /generate's details and the stream's `done` event say it."""
     return GenerationEnd(
         finish_reason=done.finish_reason,
         prompt_tokens=done.prompt_tokens,
         generated_tokens=done.generated_tokens,
         timing=done.timing,
     )
-
-
-def _json(model: BaseModel) -> str:
-    return model.model_dump_json(exclude_unset=True)
 
 
 def _finite(value: float | None) -> float | None:

@@ -14,8 +14,9 @@ from app.engine.threads import run_off_hub
 from app.errors import BadRequest, PayloadTooLarge
 from app.models import LoadedModel, ModelSpec, prompts
 from app.web import parsing, requestlog
-from app.web.answers import ArchitectureResponse, InspectResponse
-from app.web.bodies import InspectRequest
+from app.web.answers import ArchitectureResponse, FrontendConfigResponse, InspectResponse
+from app.web.bodies import ConfigRequest, InspectRequest
+from app.web.disconnect import disconnect_probe
 from app.web.docs import documented
 
 bp = Blueprint("viz", __name__)
@@ -34,6 +35,27 @@ def model_config(model_id: str | None = None):
     return _reply_off_hub(ArchitectureResponse, answer)
 
 
+@bp.post("/config")
+@documented(ConfigRequest, FrontendConfigResponse)
+def frontend_config():
+    """The model's config.json keys plus our description: the llm-viz fork's "Load Config"."""
+    body = parsing.read_body(ConfigRequest)
+    spec = parsing.model_spec(body.model_id)
+    architecture = dict(run_off_hub(_architecture, spec))
+    raw = architecture.pop("raw_config")
+    # The keys its PromptBar reads, from the text model: a GPT-2 config.json says
+    # n_positions, not max_position_embeddings, and a multimodal one nests them.
+    readable = {
+        "hidden_size": architecture["d_model"],
+        "num_attention_heads": architecture["n_heads"],
+        "num_hidden_layers": architecture["n_layers"],
+        "vocab_size": architecture["vocab_size"],
+        "max_position_embeddings": architecture["context_length"],
+    }
+    answer = {**raw, **readable, "model_id": spec.model_id, "llmviz": architecture}
+    return _reply_off_hub(FrontendConfigResponse, answer)
+
+
 @bp.post("/inspect")
 @documented(InspectRequest, InspectResponse)
 def inspect():
@@ -50,6 +72,7 @@ def inspect():
             f"the input has {len(tokens.ids)} tokens; /inspect takes at most "
             f"{settings.max_inspect_tokens} (LLMVIZ_MAX_INSPECT_TOKENS)"
         )
+    lm.check_context(len(tokens.ids))
     selection = _selection(lm, body)
     _check_size(lm, selection, len(tokens.ids), settings.max_inspect_bytes)
     task = analysis.inspection_task(tokens.ids, selection)
@@ -62,7 +85,7 @@ def inspect():
                 tokens.ids, tokens.pieces, tokens.offsets, tokens.special, strict=True
             )
         ]
-    answer.update(task.result())
+    answer.update(task.result(disconnect_probe(request.environ)))
     return _reply_off_hub(InspectResponse, answer)
 
 
@@ -75,7 +98,7 @@ def _architecture(spec: ModelSpec) -> dict[str, Any]:
 def _selection(lm: LoadedModel, body: InspectRequest) -> analysis.Selection:
     return analysis.Selection(
         include=frozenset(body.include),
-        scope=parsing.head_selection(lm, body.layers, body.attention.heads),
+        scope=parsing.head_selection(lm.profile, body.layers, body.attention.heads),
         top_k=body.top_k,
         attention_format=body.attention.format,
         attention_k=body.attention.k,
