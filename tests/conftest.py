@@ -18,7 +18,15 @@ import pytest  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from app import create_app, models  # noqa: E402
+from tests.support.chain_models import save_chain_text  # noqa: E402
 from tests.support.tiny_models import MODEL_IDS, save_gpt2, save_llama  # noqa: E402
+
+# The chain model's greedy continuations (each text one GPT-2 token, see chain_models.py).
+CHAINS = [
+    ["Dam", "Dam"],  # "Dam" forever
+    ["Hello", " world", "\r", "\n", "Hello"],  # CRLF split across two tokens
+    ["The", " cat", " sat", " on", " the", " mat", ".", " The", " cat"],
+]
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +38,13 @@ def model_root(tmp_path_factory):
     # Bigger (still random) GPT-2 whose generations last long enough to overlap other requests.
     save_gpt2(root / "slow-gpt2", n_layer=4, n_embd=256, n_head=4)
     return root
+
+
+@pytest.fixture(scope="session")
+def chain_model(model_root):
+    """"chain-gpt2" in the model root: GPT-2's real tokenizer, greedy output set by CHAINS."""
+    save_chain_text(model_root / "chain-gpt2", CHAINS)
+    return "chain-gpt2"
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
 import pytest
 
 from tests.support.server import LiveServer
@@ -32,3 +37,16 @@ def start_server(model_root):
     yield start
     for live in started:
         live.stop()
+
+
+@pytest.fixture(scope="module")
+def page_origin():
+    """Serve tests/live/browser/ on its own port: a different origin from the API server."""
+    handler = functools.partial(
+        SimpleHTTPRequestHandler, directory=str(Path(__file__).parent / "browser")
+    )
+    handler.log_message = lambda *args: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()

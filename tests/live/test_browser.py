@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import shutil
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,19 +19,6 @@ if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
         allow_module_level=True,
     )
 sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-
-
-@pytest.fixture(scope="module")
-def page_origin():
-    """Serve tests/browser/ on its own port: a different origin from the API server."""
-    handler = functools.partial(
-        SimpleHTTPRequestHandler, directory=str(Path(__file__).parent / "browser")
-    )
-    handler.log_message = lambda *args: None
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -70,10 +70,10 @@ def test_loading_one_model_does_not_block_another(app, fresh_cache, monkeypatch)
     release = threading.Event()
     real_load = fresh_cache.loader
 
-    def slow_load(spec, settings):
+    def slow_load(spec, settings, profile):
         if spec.model_id == "tiny-llama":
             assert release.wait(30)
-        return real_load(spec, settings)
+        return real_load(spec, settings, profile)
 
     monkeypatch.setattr(fresh_cache, "loader", slow_load)
     spec = models.resolve("tiny-llama", app.config["LLMVIZ"])

@@ -8,7 +8,7 @@ import pytest
 
 from app import create_app, models
 from app.engine import ModelWorker
-from app.models import LoadedModel
+from app.models import LoadedModel, ModelProfile
 from tests.support.scripted import FAIL, LetterTokenizer, ScriptedLM
 
 TOKENIZER = LetterTokenizer()
@@ -19,10 +19,11 @@ REQUEST = {"model_id": "scripted", "prompt": "ab", "max_new_tokens": 6, "tempera
 def client(fresh_cache, model_root, monkeypatch):
     """An app whose model "scripted" says c, d, e and then fails."""
 
-    def load(spec, settings):
+    def load(spec, settings, profile=None):
         lm = ScriptedLM({tuple(TOKENIZER.encode("ab")): [*TOKENIZER.encode("cde"), FAIL]})
         worker = ModelWorker(lm, TOKENIZER, frozenset(), settings.max_batch, settings.max_queue)
-        return LoadedModel(spec, lm, TOKENIZER, worker, frozenset(), 64, 0.0)
+        profile = ModelProfile(spec, TOKENIZER, 64, n_layers=1, n_heads=1)
+        return LoadedModel(profile, lm, worker, frozenset(), 0.0)
 
     monkeypatch.setattr(fresh_cache, "loader", load)
     app = create_app({"model_root": model_root})
