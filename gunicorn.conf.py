@@ -3,6 +3,7 @@
 import os
 import shutil
 import signal
+import sys
 import tempfile
 
 bind = "0.0.0.0:8000"
@@ -54,8 +55,14 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
-    """On SIGTERM, also tell the app, so it can end long generations before the deadline."""
+    """Hand the GIL over sooner; on SIGTERM, let the app end long generations in time."""
     from app.ops import lifecycle
+
+    # While a model thread runs Python (loading, sampling), the hub waits for the GIL at
+    # each socket operation, up to the switch interval each time (5 ms by default): a
+    # /health answer needs several. 1 ms keeps it at a few ms; torch releases the GIL
+    # for its kernels, so the model threads lose little.
+    sys.setswitchinterval(0.001)
 
     stop_accepting = signal.getsignal(signal.SIGTERM)
 

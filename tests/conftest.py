@@ -5,7 +5,9 @@ The live fixtures (a real gunicorn server) are in tests/live/conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
 
 # Before transformers is imported: never reach the hub, and use a private hub cache.
@@ -19,6 +21,7 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from app import create_app, models  # noqa: E402
 from tests.support.chain_models import save_chain_text  # noqa: E402
+from tests.support.server import descendants  # noqa: E402
 from tests.support.tiny_models import MODEL_IDS, save_gpt2, save_llama  # noqa: E402
 
 # The chain model's greedy continuations (each text one GPT-2 token, see chain_models.py).
@@ -27,6 +30,17 @@ CHAINS = [
     ["Hello", " world", "\r", "\n", "Hello"],  # CRLF split across two tokens
     ["The", " cat", " sat", " on", " the", " mat", ".", " The", " cat"],
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_tests():
+    """Fail the run if any process started by a test (a server, a browser) is still alive."""
+    yield
+    leftovers = descendants(os.getpid())
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not leftovers, f"processes started by the tests outlived them: {leftovers}"
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +56,7 @@ def model_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def chain_model(model_root):
-    """"chain-gpt2" in the model root: GPT-2's real tokenizer, greedy output set by CHAINS."""
+    """ "chain-gpt2" in the model root: GPT-2's real tokenizer, greedy output set by CHAINS."""
     save_chain_text(model_root / "chain-gpt2", CHAINS)
     return "chain-gpt2"
 

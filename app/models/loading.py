@@ -23,6 +23,7 @@ from transformers.utils import cached_file
 from app.config import Settings
 from app.engine import ModelWorker
 from app.errors import BadRequest, ModelLoadFailed, ModelNotFound
+from app.models import hub
 from app.models.loaded import LoadedModel, ModelProfile
 from app.models.resolution import ModelSpec
 
@@ -32,14 +33,15 @@ log = logging.getLogger(__name__)
 def check_available(spec: ModelSpec) -> None:
     """Fail fast, before any weights are read, when a model cannot exist."""
     with _loading_errors(spec):
-        AutoConfig.from_pretrained(spec.source, trust_remote_code=False)
+        AutoConfig.from_pretrained(spec.source, **_options(spec))
 
 
 def read_config(spec: ModelSpec) -> tuple[PretrainedConfig, dict[str, Any]]:
     """The model's config and its config.json as stored."""
     with _loading_errors(spec):
-        config = AutoConfig.from_pretrained(spec.source, trust_remote_code=False)
-        with open(cached_file(spec.source, "config.json"), encoding="utf-8") as handle:
+        config = AutoConfig.from_pretrained(spec.source, **_options(spec))
+        path = cached_file(spec.source, "config.json", local_files_only=_local_only(spec))
+        with open(path, encoding="utf-8") as handle:
             raw = json.load(handle)
     return config, raw
 
@@ -47,9 +49,8 @@ def read_config(spec: ModelSpec) -> tuple[PretrainedConfig, dict[str, Any]]:
 def load_profile(spec: ModelSpec) -> ModelProfile:
     """The model's tokenizer and config (fast: no weights); raises as `load` does."""
     with _loading_errors(spec, unexpected=True):
-        # trust_remote_code stays off: a request must never run code from a repository.
-        tokenizer = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=False)
-        config = AutoConfig.from_pretrained(spec.source, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(spec.source, **_options(spec))
+        config = AutoConfig.from_pretrained(spec.source, **_options(spec))
     text = config.get_text_config()
     return ModelProfile(
         spec, tokenizer, _context_length(text), text.num_hidden_layers, text.num_attention_heads
@@ -67,7 +68,7 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
     profile = profile or load_profile(spec)
     with _loading_errors(spec, unexpected=True):
         model = AutoModelForCausalLM.from_pretrained(
-            spec.source, dtype=_pick_dtype(settings.dtype, device), trust_remote_code=False
+            spec.source, dtype=_pick_dtype(settings.dtype, device), **_options(spec)
         )
     model.to(device).eval()
     eos_ids = _eos_ids(model, profile.tokenizer)
@@ -76,6 +77,16 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
     worker = ModelWorker(model, profile.tokenizer, eos_ids, settings.max_batch, settings.max_queue)
     memory = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     return LoadedModel(profile, model, worker, eos_ids, seconds, memory)
+
+
+def _options(spec: ModelSpec) -> dict[str, bool]:
+    # trust_remote_code stays off: a request must never run code from a repository.
+    return {"trust_remote_code": False, "local_files_only": _local_only(spec)}
+
+
+def _local_only(spec: ModelSpec) -> bool:
+    # Out of the hub's reach, read its cache only: fail in moments instead of retrying.
+    return not spec.local and hub.offline()
 
 
 @contextmanager
@@ -141,6 +152,12 @@ def _first_line(exc: BaseException) -> str:
 def _not_found_message(spec: ModelSpec, exc: OSError) -> str:
     if spec.local:
         return f"model folder {spec.model_id!r} has no loadable model: {_first_line(exc)}"
+    if hub.offline():
+        return (
+            f"model {spec.model_id!r} is not under LLMVIZ_MODEL_ROOT nor in the local hub "
+            "cache, and the Hugging Face hub cannot be reached (no network, or "
+            f"HF_HUB_OFFLINE=1): {hub.OFFLINE_HELP}"
+        )
     return (
         f"model {spec.model_id!r} is not under LLMVIZ_MODEL_ROOT and could not be loaded "
         "from the Hugging Face hub (offline, not cached, or no such repository): "

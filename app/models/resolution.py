@@ -13,6 +13,10 @@ from pathlib import Path, PurePosixPath
 from app.config import Settings
 from app.errors import BadRequest, ModelNotAllowed, ModelNotFound
 
+# The demo models trained by scripts/ and kept in the repository, under ids of their own.
+DEMO_ROOT = Path(__file__).resolve().parents[2] / "demo_models"
+DEMO_PREFIX = "llmviz/"
+
 # Hugging Face repo ids: "name" or "owner/name", letters, digits, "-", "_", ".".
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 
@@ -29,7 +33,8 @@ class ModelSpec:
 def resolve(model_id: str, settings: Settings) -> ModelSpec:
     """Map client input to a model location without ever leaving the model root.
 
-    Every spelling of one model gets one id (the spec's `model_id`): empty path
+    Demo model ids (`llmviz/shakespeare`) come first, then folders under the model
+    root, then hub ids. Every spelling of one model gets one id (the spec's `model_id`): empty path
     parts are dropped ("org//name/" is "org/name") and a local folder reached
     through a symlink in the root is named by its real folder.
 
@@ -49,12 +54,13 @@ def resolve(model_id: str, settings: Settings) -> ModelSpec:
             "absolute paths and '..' are not allowed"
         )
     model_id = "/".join(part for part in model_id.split("/") if part)  # "a//b/" is "a/b"
+    if model_id in list_demo():
+        _check_allowed(model_id, settings)
+        return ModelSpec(model_id, str(DEMO_ROOT / model_id.removeprefix(DEMO_PREFIX)), local=True)
     folder = settings.model_root / model_id
     if model_id and _is_dir(folder):
         model_id = _canonical_folder(settings.model_root, folder, model_id)
-    allowed = settings.model_allowlist
-    if allowed and not any(fnmatch.fnmatchcase(model_id, pattern) for pattern in allowed):
-        raise ModelNotAllowed(f"model {model_id!r} is not in this server's LLMVIZ_MODEL_ALLOWLIST")
+    _check_allowed(model_id, settings)
     if model_id and _is_dir(folder):
         return ModelSpec(model_id, str(settings.model_root / model_id), local=True)
     if not settings.allow_hub:
@@ -65,6 +71,19 @@ def resolve(model_id: str, settings: Settings) -> ModelSpec:
     if not _HUB_ID.match(model_id) or "--" in model_id or ".." in model_id:
         raise ModelNotFound(f"model {model_id!r} is not a local folder or a valid Hugging Face id")
     return ModelSpec(model_id, model_id, local=False)
+
+
+def list_demo() -> list[str]:
+    """The demo models' ids (`llmviz/<folder>`): always available, never downloaded."""
+    if not DEMO_ROOT.is_dir():
+        return []
+    return sorted(DEMO_PREFIX + path.parent.name for path in DEMO_ROOT.glob("*/config.json"))
+
+
+def _check_allowed(model_id: str, settings: Settings) -> None:
+    allowed = settings.model_allowlist
+    if allowed and not any(fnmatch.fnmatchcase(model_id, pattern) for pattern in allowed):
+        raise ModelNotAllowed(f"model {model_id!r} is not in this server's LLMVIZ_MODEL_ALLOWLIST")
 
 
 def list_local(root: Path) -> list[str]:

@@ -23,7 +23,7 @@ def list_models():
         ModelsResponse(
             loaded=[lm.describe() for lm in models.cache.loaded()],
             loading=models.cache.loading(),
-            available=models.list_local(settings.model_root),
+            available=models.list_demo() + models.list_local(settings.model_root),
             default_model=settings.default_model,
         )
     )

@@ -30,9 +30,9 @@ def start_server(model_root):
     started = []
 
     def start(**env: str) -> LiveServer:
-        live = LiveServer({"LLMVIZ_MODEL_ROOT": str(model_root), **env}).start()
-        started.append(live)
-        return live
+        live = LiveServer({"LLMVIZ_MODEL_ROOT": str(model_root), **env})
+        started.append(live)  # before start(): stopped even if it never becomes healthy
+        return live.start()
 
     yield start
     for live in started:

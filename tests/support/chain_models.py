@@ -100,3 +100,15 @@ def _one_token(tokenizer, text: str) -> int:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(ids) == 1, f"{text!r} is {len(ids)} GPT-2 tokens, not one"
     return ids[0]
+
+
+def save_gpt2_real_vocab(path: Path, *, n_layer: int, n_embd: int, n_head: int) -> Path:
+    """A random-weight GPT-2 of the given shape with GPT-2's real 50,257-token tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_tokenizer_folder())
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=1024, n_embd=n_embd, n_layer=n_layer, n_head=n_head
+    )
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +35,28 @@ def wait_for(condition, timeout: float, interval: float = 0.02, message: str = "
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
+def descendants(pid: int) -> dict[int, str]:
+    """Every live process below `pid` (children, their children, ...), with its command line."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":  # a zombie is already dead; only its parent's wait() is missing
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: dict[int, str] = {}
+    pending = list(children.get(pid, []))
+    while pending:
+        child = pending.pop()
+        try:
+            found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        pending += children.get(child, [])
+    return found
+
+
 class LiveServer:
     """`gunicorn -c gunicorn.conf.py wsgi:app` with the given environment."""
 
@@ -56,10 +79,20 @@ class LiveServer:
             f"127.0.0.1:{self.port}",
             "wsgi:app",
         ]
+        # A session of its own: stop() can end the master and its workers as one group.
         self.proc = subprocess.Popen(
-            command, cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+            command,
+            cwd=REPO,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-        wait_for(self._healthy, timeout=60, interval=0.1, message=f"gunicorn on {self.base}")
+        try:
+            wait_for(self._healthy, timeout=60, interval=0.1, message=f"gunicorn on {self.base}")
+        except BaseException:
+            self.stop()  # a server that never became healthy must not outlive the test
+            raise
         return self
 
     def _healthy(self) -> bool:
@@ -71,15 +104,20 @@ class LiveServer:
             return False
 
     def stop(self) -> None:
-        """Stop gunicorn (SIGTERM, then SIGKILL if it hangs)."""
-        if self.proc is None or self.proc.poll() is not None:
+        """Stop gunicorn: SIGTERM, then SIGKILL to the whole group if it does not exit."""
+        if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # workers left by a master that died or hung
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def url(self, path: str) -> str:
         """Absolute URL of `path` on this server."""

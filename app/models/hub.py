@@ -1,0 +1,74 @@
+"""Whether the Hugging Face hub can be reached, asked once a minute at most.
+
+Without a network, huggingface_hub retries each request with backoff (about 47 s
+for one unknown id here). One HEAD request to the hub's endpoint
+(`HF_ENDPOINT`), given 2 seconds in all and its answer kept for a minute, tells at
+once; loads then use the local cache only (`local_files_only`) and fail fast with
+a message that says how to serve offline.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from app.engine.threads import NativeQueue, start_native_thread
+
+_CHECK_SECONDS = 2.0
+_REMEMBER_SECONDS = 60.0
+_lock = threading.Lock()
+_last: tuple[float, bool] | None = None  # (when, reachable)
+
+OFFLINE_HELP = (
+    "to serve offline, put the model's folder under LLMVIZ_MODEL_ROOT, set HF_HUB_OFFLINE=1 "
+    "to use the local hub cache without waiting, or use a demo model "
+    "(llmviz/shakespeare, llmviz/nano-sort)"
+)
+
+
+def offline() -> bool:
+    """True when hub downloads are off (HF_HUB_OFFLINE=1) or the hub cannot be reached."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or not reachable(constants.ENDPOINT)
+
+
+def reachable(endpoint: str) -> bool:
+    """Whether `endpoint` (a URL) answers HTTP within 2 s; the answer is kept a minute."""
+    global _last
+    with _lock:
+        if _last is not None and time.monotonic() - _last[0] < _REMEMBER_SECONDS:
+            return _last[1]
+    answers = NativeQueue()
+    # On a thread of its own: a name lookup is not bound by the socket's timeout.
+    start_native_thread(lambda: answers.put(_connects(endpoint)))
+    try:
+        answer = answers.get(timeout=_CHECK_SECONDS)
+    except queue.Empty:
+        answer = False
+    with _lock:
+        _last = (time.monotonic(), answer)
+    return answer
+
+
+def _connects(endpoint: str) -> bool:
+    # An HTTP answer of any status, not only an open socket: a proxy may accept every
+    # connection and still fail every request.
+    request = urllib.request.Request(endpoint, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=_CHECK_SECONDS):
+            return True
+    except urllib.error.HTTPError:  # the hub answered, with an error status
+        return True
+    except (OSError, ValueError):  # no route, no name resolution, refused, timed out
+        return False
+
+
+def forget() -> None:
+    """Ask again next time (tests)."""
+    global _last
+    with _lock:
+        _last = None
