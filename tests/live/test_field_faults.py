@@ -164,3 +164,23 @@ def test_deeply_nested_bodies_are_a_json_400(server, raw):
 def test_a_lone_surrogate_is_a_json_400_over_http(server):
     response = requests.post(server.url("/tokenize"), data=b'{"prompt": "a\\ud800"}', timeout=10)
     assert response.status_code == 400 and "prompt" in response.json()["error"]
+
+
+# -- issue 12: an unreachable hub is answered in moments, saying how to serve offline ----
+
+
+@pytest.mark.parametrize("path", ["/generate", "/generate/stream", "/tokenize"])
+def test_an_unreachable_hub_id_is_a_fast_404_that_says_how_to_serve_offline(start_server, path):
+    from tests.support.server import free_port
+
+    live = start_server(HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    response = requests.post(
+        live.url(path), json={"model_id": "someone/not-cached", "prompt": "Hi"}, timeout=30
+    )
+    assert time.monotonic() - started < 5
+    assert response.status_code == 404
+    message = response.json()["error"]
+    assert "cannot be reached" in message
+    for advice in ("LLMVIZ_MODEL_ROOT", "HF_HUB_OFFLINE=1", "llmviz/shakespeare"):
+        assert advice in message
