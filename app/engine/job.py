@@ -15,7 +15,7 @@ import torch
 from app.engine import tensors
 from app.engine.attention import HeadSelection
 from app.engine.contract import Tokenizer
-from app.engine.decoding import IncrementalDecoder
+from app.engine.decoding import IncrementalDecoder, special_ids
 from app.engine.events import Alternative, DoneEvent, ErrorEvent, Event, TokenEvent
 from app.engine.sampling import Choice, Sampler, SamplingParams
 from app.engine.stopping import StopMatcher
@@ -46,6 +46,7 @@ class GenerationJob:
         self._decoder: IncrementalDecoder | None = None
         self._eos_ids: frozenset[int] = frozenset()
         self._special_ids: frozenset[int] = frozenset()
+        self._tokenizer: Tokenizer | None = None
 
     # -- the request handler's side --
 
@@ -75,7 +76,8 @@ class GenerationJob:
         self._sampler = Sampler(self.params, self.prompt_ids, device)
         self._decoder = IncrementalDecoder(tokenizer, self.prompt_ids)
         self._eos_ids = eos_ids
-        self._special_ids = frozenset(tokenizer.all_special_ids)
+        self._special_ids = special_ids(tokenizer)
+        self._tokenizer = tokenizer
 
     def take(self, logits: torch.Tensor, attention: torch.Tensor | None = None) -> bool:
         """Choose a token from this job's row of logits and post it; False once it has ended."""
@@ -109,12 +111,19 @@ class GenerationJob:
             return ()
         texts = self._decoder.peek([token_id for token_id, _ in choice.top])
         return tuple(
-            Alternative(token_id, text, logprob)
+            Alternative(token_id, self._shown(token_id, text), logprob)
             for (token_id, logprob), text in zip(choice.top, texts, strict=True)
         )
 
+    def _shown(self, token_id: int, piece: str) -> str:
+        # A special token adds no text; it is shown by its own name, as /tokenize does.
+        if token_id in self._special_ids:
+            return self._tokenizer.convert_ids_to_tokens([token_id])[0]
+        return piece
+
     def _post_token(self, choice: Choice, text: str, piece: str, top: tuple, attention) -> None:
         special = choice.token_id in self._special_ids
+        piece = self._shown(choice.token_id, piece)
         if attention is not None:
             attention = tensors.encode(attention, "float16")
         event = TokenEvent(choice.token_id, text, piece, special, choice.logprob, top, attention)

@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from transformers import PreTrainedTokenizerBase
-
-from app.engine.decoding import char_spans, token_pieces
+from app.engine.decoding import Pieces, char_spans, split_pieces
 from app.errors import BadRequest
 from app.models.loaded import LoadedModel
 
@@ -58,7 +56,7 @@ def render(lm: LoadedModel, given: PromptInput) -> tuple[str, bool | None]:
 def encode(lm: LoadedModel, given: PromptInput) -> tuple[str, list[int]]:
     """The prompt text and its ids for generation; an empty prompt starts from BOS."""
     prompt, add_special = render(lm, given)
-    ids = lm.tokenizer(prompt, add_special_tokens=add_special is not False)["input_ids"]
+    ids = _encode(lm, prompt, add_special_tokens=add_special is not False)["input_ids"]
     if ids:
         return prompt, ids
     if lm.tokenizer.bos_token_id is None:
@@ -71,22 +69,42 @@ def tokenize(lm: LoadedModel, given: PromptInput) -> Tokens:
     tokenizer = lm.tokenizer
     if given.token_ids is not None:
         ids = check_token_ids(lm, given.token_ids)
-        pieces = token_pieces(tokenizer, ids)
-        return _tokens("".join(pieces), ids, pieces, tokenizer, None)
+        pieces = split_pieces(tokenizer, ids)
+        return _tokens("".join(pieces.texts), ids, pieces, None)
     prompt, add_special = render(lm, given)
     options = {} if add_special is None else {"add_special_tokens": add_special}
-    encoding = tokenizer(prompt, return_offsets_mapping=tokenizer.is_fast, **options)
+    encoding = _encode(lm, prompt, return_offsets_mapping=tokenizer.is_fast, **options)
     ids = encoding["input_ids"]
     offsets = encoding.get("offset_mapping")
-    return _tokens(prompt, ids, token_pieces(tokenizer, ids), tokenizer, offsets)
+    return _tokens(prompt, ids, split_pieces(tokenizer, ids), offsets)
 
 
-def detokenize(lm: LoadedModel, ids: Sequence[int], skip_special_tokens: bool) -> str:
-    """The text of these ids (checked against the vocabulary)."""
+def detokenize(
+    lm: LoadedModel, ids: Sequence[int], skip_special_tokens: bool, context_ids: Sequence[int] = ()
+) -> str:
+    """The text of these ids (checked against the vocabulary), read after `context_ids`.
+
+    With a context (a prompt's ids), it is the text the ids add to the context's:
+    what a generation of these ids streamed. Without one, the ids are read as the
+    start of a text, and a SentencePiece decoder strips the first token's space.
+    """
+    context = check_token_ids(lm, context_ids)
+    whole = _decode(lm, context + check_token_ids(lm, ids), skip_special_tokens)
+    return whole[len(_decode(lm, context, skip_special_tokens)) :] if context else whole
+
+
+def _encode(lm: LoadedModel, prompt: str, **options: bool) -> dict:
+    try:
+        return lm.tokenizer(prompt, **options)
+    except Exception as exc:  # e.g. a character a vocabulary without an unknown token lacks
+        raise BadRequest(
+            f"the tokenizer of model {lm.model_id!r} cannot encode this text: {exc}"
+        ) from None
+
+
+def _decode(lm: LoadedModel, ids: list[int], skip_special_tokens: bool) -> str:
     return lm.tokenizer.decode(
-        check_token_ids(lm, ids),
-        skip_special_tokens=skip_special_tokens,
-        clean_up_tokenization_spaces=False,
+        ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False
     )
 
 
@@ -99,8 +117,7 @@ def check_token_ids(lm: LoadedModel, ids: Sequence[int]) -> list[int]:
 
 
 def _tokens(
-    prompt: str, ids: list[int], pieces: list[str], tokenizer: PreTrainedTokenizerBase, offsets
+    prompt: str, ids: list[int], pieces: Pieces, offsets: list[tuple[int, int]] | None
 ) -> Tokens:
-    special_ids = set(tokenizer.all_special_ids)
-    special = [token_id in special_ids for token_id in ids]
-    return Tokens(prompt, ids, pieces, char_spans(prompt, pieces, special, offsets), special)
+    spans = char_spans(prompt, pieces, offsets)
+    return Tokens(prompt, ids, pieces.texts, spans, pieces.special)

@@ -118,4 +118,4 @@ def test_resid_norms_and_token_ids_input(client):
     assert norms.shape == (1, len(ids)) and np.all(norms > 0)
     assert tensors.decode(body["resid_norms"]["input"]).shape == (1, len(ids))
     assert [t["id"] for t in body["tokens"]] == ids
-    assert "".join(t["text"] for t in body["tokens"]) == "<s> Hi 🦙 there"
+    assert "".join(t["text"] for t in body["tokens"]) == "<s>Hi 🦙 there"  # no added space

@@ -183,3 +183,12 @@ def test_details_stream_events_rebuild_generate_text_with_json_only(client):
     assert all(isinstance(e, SSEEvent) and e.event in ("token", "done") for e in events)
     deltas = [json.loads(e.data)["delta"] for e in events]
     assert "".join(deltas) == text
+
+
+@pytest.mark.parametrize("path", ["/tokenize", "/generate", "/generate/stream", "/inspect"])
+def test_text_a_vocabulary_cannot_encode_is_a_400(client, path):
+    # nano-sort knows A, B and C only, and has no unknown token to fall back on.
+    body = {"model_id": "llmviz/nano-sort", "prompt": "ABD", "max_new_tokens": 3}
+    response = client.post(path, json=body)
+    assert response.status_code == 400
+    assert "cannot encode this text" in response.get_json()["error"]

@@ -16,7 +16,8 @@ def test_tokenize_matches_the_tokenizer(client, tokenizers, name):
     assert body["token_ids"] == tokenizer("Hello world")["input_ids"]
     assert body["count"] == len(body["token_ids"])
     assert len(body["tokens"]) == body["count"]
-    assert "".join(body["tokens"]) == tokenizer.decode(body["token_ids"])
+    plain = [t for t, special in zip(body["tokens"], body["special"], strict=True) if not special]
+    assert "".join(plain) == tokenizer.decode(body["token_ids"], skip_special_tokens=True)
 
 
 def test_tokenize_gpt2_style_pieces_keep_their_space(client):
@@ -54,9 +55,11 @@ def test_offsets_slice_the_prompt_to_each_token(client, model_id, text):
         if special:
             assert start == end or text[start:end] == piece
             continue
-        if piece == "":  # part of a character: shares the span of the token that completes it
+        if piece == "":
+            # Part of a character: the span of the token that completes it. Or a space the
+            # tokenizer put in front of the text, which is in no token: an empty span.
             following = next(i for i in range(index, body["count"]) if body["tokens"][i])
-            assert [start, end] == body["offsets"][following]
+            assert [start, end] == body["offsets"][following] or start == end
             continue
         # SentencePiece adds a space in front of the text: it has no place in the prompt.
         synthetic_space = start == 0 and piece.startswith(" ") and not text.startswith(" ")
