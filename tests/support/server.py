@@ -60,8 +60,9 @@ def descendants(pid: int) -> dict[int, str]:
 class LiveServer:
     """`gunicorn -c gunicorn.conf.py wsgi:app` with the given environment."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+    def __init__(self, env: dict[str, str], base_env: dict[str, str] | None = None) -> None:
+        base = dict(os.environ if base_env is None else base_env)
+        self.env = {**base, "HF_HUB_OFFLINE": base.get("HF_HUB_OFFLINE", "1"), **env}
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None

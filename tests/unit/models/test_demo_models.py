@@ -1,0 +1,47 @@
+"""The demo models kept in the repository: their ids, and that they do their job."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from app import create_app
+from app.models import list_demo
+from scripts.train_nano_sort import split_prompts, to_text
+
+NANO_SORT = "llmviz/nano-sort"
+
+
+@pytest.fixture
+def demo_client(tmp_path, fresh_cache):
+    """A server with an empty model root: only the demo models (and the hub) exist."""
+    return create_app({"model_root": tmp_path}).test_client()
+
+
+def test_demo_models_are_listed_before_they_are_loaded(demo_client):
+    body = demo_client.get("/models").get_json()
+    assert NANO_SORT in body["available"] and body["loaded"] == []
+    assert set(list_demo()) <= set(body["available"])
+
+
+def test_nano_sort_tokens_round_trip(demo_client):
+    tokens = demo_client.post("/tokenize", json={"model_id": NANO_SORT, "prompt": "CBABBC"})
+    body = tokens.get_json()
+    assert body["tokens"] == list("CBABBC") and body["token_ids"] == [2, 1, 0, 1, 1, 2]
+    back = demo_client.post("/detokenize", json={"model_id": NANO_SORT, "token_ids": [2, 1, 0]})
+    assert back.get_json()["text"] == "CBA"
+
+
+def test_nano_sort_sorts_held_out_sequences(demo_client):
+    _, held_out = split_prompts()  # the prompts its training never saw
+    sample = random.Random(0).sample(held_out, 100)
+    right = 0
+    for prompt in sample:
+        body = {"model_id": NANO_SORT, "prompt": to_text(prompt), "max_new_tokens": 6}
+        body.update(temperature=0, return_full_text=False)
+        answer = demo_client.post("/generate", json=body).get_json()["text"]
+        right += answer == to_text(sorted(prompt))
+    assert right >= 99, f"{right} of 100 held-out sequences sorted"
+    example = {"model_id": NANO_SORT, "prompt": "CBABBC", "max_new_tokens": 6, "temperature": 0}
+    assert demo_client.post("/generate", json=example).get_json()["text"] == "CBABBCABBBCC"
