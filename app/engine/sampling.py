@@ -93,7 +93,8 @@ class Sampler:
         logprobs = scores.log_softmax(dim=-1)
         top: tuple[tuple[int, float], ...] = ()
         if self._params.top_logprobs:
-            values, ids = logprobs.topk(self._params.top_logprobs)
+            # Never more alternatives than the vocabulary has (nano-sort has three).
+            values, ids = logprobs.topk(min(self._params.top_logprobs, logprobs.shape[-1]))
             top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
         return Choice(token_id, float(logprobs[token_id]), top)
 

@@ -2,19 +2,20 @@
 
 Blueprints: `generation` (/generate, /generate/stream), `tokens` (/tokenize,
 /detokenize), `admin` (/models, DELETE /models/<id>), `viz` (/models/<id>/config,
-/inspect), `ops` (/health, /metrics) and `docs` (/openapi.json, /docs). Around
-them: `bodies` and `parsing` read requests, `answers` and `shaping` write
-responses, `sse` frames events, `disconnect` notices a client that left,
-`auth` checks keys, `requestlog` logs, `handlers` turns every error into JSON.
+/config, /inspect), `ops` (/health, /metrics), `docs` (/openapi.json, /docs) and
+`viewer` (the page at / and its static files). Around them: `bodies` and `parsing`
+read requests; `answers`, `shaping` and `streams` write responses; `sse` frames
+events; `disconnect` notices a client that left; `auth` checks keys; `requestlog`
+logs; `handlers` turns every error into JSON.
 """
 
 from __future__ import annotations
 
 from flask import Flask
 
-from app.web import admin, auth, docs, generation, handlers, ops, requestlog, tokens, viz
+from app.web import admin, auth, docs, generation, handlers, ops, requestlog, tokens, viewer, viz
 
-BLUEPRINTS = (generation.bp, tokens.bp, admin.bp, viz.bp, ops.bp, docs.bp)
+BLUEPRINTS = (generation.bp, tokens.bp, admin.bp, viz.bp, ops.bp, docs.bp, viewer.bp)
 
 
 def init_app(app: Flask) -> None:

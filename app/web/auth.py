@@ -1,4 +1,5 @@
-"""API keys: when any are configured, every request but /health and preflights needs one."""
+"""API keys: when any are configured, every request needs one but /health, the viewer page
+and its files (they hold no data), and CORS preflights."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from flask import Flask, request
 
 from app.errors import APIError
 
-_PUBLIC = {"ops.health"}
+_PUBLIC = {"ops.health", "viewer.page", "viewer.asset"}  # the viewer holds no data
 _DOCS = {"docs.openapi", "docs.page", "docs.asset"}
 
 

@@ -104,3 +104,10 @@ def test_docs_can_be_made_public(model_root):
 def test_unreadable_keys_file_stops_startup(model_root, tmp_path):
     with pytest.raises(ValueError, match="LLMVIZ_API_KEYS_FILE"):
         create_app({"model_root": model_root, "api_keys_file": str(tmp_path / "missing")})
+
+
+def test_the_viewer_page_and_its_files_need_no_key(model_root):
+    client = create_app({"model_root": model_root, "api_keys": (KEY,)}).test_client()
+    assert client.get("/").status_code == 200
+    assert client.get("/viewer/client.js").status_code == 200
+    assert client.get("/models").status_code == 401  # the data behind it still does

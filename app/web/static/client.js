@@ -1,0 +1,125 @@
+// A client for llmviz-server, for this page and any other frontend:
+//
+//   import { LlmvizClient } from "http://localhost:8000/viewer/client.js";
+//   const client = new LlmvizClient();            // talks to the server it was loaded from
+//   for await (const event of client.stream({ prompt: "Hello", details: true })) { ... }
+//
+// Errors are ApiError: the server's message, code, HTTP status and Retry-After.
+
+import { readEventStream } from "./sse.js";
+
+export { EventStreamParser, readEventStream } from "./sse.js";
+export { decodeTensor, float16ToFloat32, block, offset } from "./tensors.js";
+
+/** An error answer of the API, or an `event: error` ending a stream. */
+export class ApiError extends Error {
+  constructor(message, { status = 0, code = "error", retryAfter = null } = {}) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+    this.retryAfter = retryAfter; // seconds, when the server said when to retry
+  }
+
+  static async from(response) {
+    let message = `${response.status} ${response.statusText}`;
+    let code = "http_error";
+    try {
+      const body = await response.json();
+      message = body.error ?? message;
+      code = body.code ?? code;
+    } catch {
+      // not JSON (a proxy's error page): keep the status line
+    }
+    const retryAfter = parseRetryAfter(response.headers.get("Retry-After"));
+    return new ApiError(message, { status: response.status, code, retryAfter });
+  }
+}
+
+export class LlmvizClient {
+  /**
+   * @param {object} options
+   * @param {string|URL} [options.baseUrl] the server; by default the one that served this file
+   * @param {string|null} [options.apiKey] sent as `Authorization: Bearer <key>`
+   */
+  constructor({ baseUrl = new URL("..", import.meta.url), apiKey = null } = {}) {
+    this.baseUrl = new URL(baseUrl);
+    if (!this.baseUrl.pathname.endsWith("/")) this.baseUrl.pathname += "/";
+    this.apiKey = apiKey;
+  }
+
+  /** `GET /models`: the default, available and loaded models. */
+  async models({ signal } = {}) {
+    return (await this.#send("GET", "models", undefined, signal)).json();
+  }
+
+  /** `GET /models/config`: a model's normalized architecture. */
+  async config(modelId, { signal } = {}) {
+    const path = `models/config?model_id=${encodeURIComponent(modelId)}`;
+    return (await this.#send("GET", path, undefined, signal)).json();
+  }
+
+  /** `POST /tokenize`: ids, token texts, character offsets, special flags. */
+  async tokenize(body, { signal } = {}) {
+    return (await this.#send("POST", "tokenize", body, signal)).json();
+  }
+
+  /** `POST /detokenize`. */
+  async detokenize(body, { signal } = {}) {
+    return (await this.#send("POST", "detokenize", body, signal)).json();
+  }
+
+  /** `POST /generate`: the whole answer at once. */
+  async generate(body, { signal } = {}) {
+    return (await this.#send("POST", "generate", body, signal)).json();
+  }
+
+  /** `POST /inspect`. Its tensors stay encoded: `decodeTensor` reads them. */
+  async inspect(body, { signal } = {}) {
+    return (await this.#send("POST", "inspect", body, signal)).json();
+  }
+
+  /**
+   * `POST /generate/stream`, as events: `{type: "text", text}` for plain pieces (and the
+   * prompt), and with `details: true` `{type: "token", token}` per token, then
+   * `{type: "done", done}`. An `event: error` is thrown as an ApiError. Aborting `signal`
+   * (or leaving the loop) closes the connection, and the server stops generating.
+   */
+  async *stream(body, { signal } = {}) {
+    const response = await this.#send("POST", "generate/stream", body, signal);
+    for await (const event of readEventStream(response.body)) {
+      if (event.type === "message") {
+        yield { type: "text", text: event.data };
+      } else if (event.type === "token") {
+        yield { type: "token", token: JSON.parse(event.data) };
+      } else if (event.type === "done") {
+        yield { type: "done", done: JSON.parse(event.data) };
+      } else if (event.type === "error") {
+        const { error, code } = JSON.parse(event.data);
+        throw new ApiError(error, { code }); // no HTTP status: the answer had begun with 200
+      }
+    }
+  }
+
+  async #send(method, path, body, signal) {
+    // text/plain is a "simple" content type: a cross-origin call needs no preflight for it,
+    // and the server reads every body as JSON whatever its Content-Type.
+    const headers = body === undefined ? {} : { "Content-Type": "text/plain;charset=UTF-8" };
+    if (this.apiKey) headers.Authorization = `Bearer ${this.apiKey}`;
+    const response = await fetch(new URL(path, this.baseUrl), {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal,
+    });
+    if (!response.ok) throw await ApiError.from(response);
+    return response;
+  }
+}
+
+function parseRetryAfter(value) {
+  if (!value) return null;
+  if (/^\d+$/.test(value.trim())) return Number(value);
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? null : Math.max(0, Math.ceil((date - Date.now()) / 1000));
+}
