@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 import requests
 
 from tests.support.server import wait_for
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.browser
-
-if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-    pytest.skip(
-        "Debian's chromium is not installed (apt-get install chromium); browser test skipped",
-        allow_module_level=True,
-    )
-sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
 
 @pytest.fixture(scope="module")
-def page(page_origin):
+def page(browser, page_origin):
     """A headless Chromium tab showing the test page."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        tab = browser.new_page()
-        tab.goto(page_origin + "/page.html")
-        yield tab
-        browser.close()
+    tab = browser.new_page()
+    tab.goto(page_origin + "/page.html")
+    yield tab
+    tab.close()
 
 
 def _stats(server, model_id):

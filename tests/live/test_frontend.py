@@ -8,7 +8,6 @@ import json
 import pytest
 import requests
 
-from tests.live.test_browser import CHROMIUM, sync_playwright
 from tests.support.server import wait_for
 from tests.support.sse_client import message_data, parse
 
@@ -17,23 +16,17 @@ FRONTEND_DEFAULTS = {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.95}
 
 
 @pytest.fixture(scope="module")
-def tab(page_origin):
+def tab(browser, page_origin):
     """A headless Chromium tab showing the fork's calls, with its console errors collected."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_page()
-        page.console_errors = []
-        page.on(
-            "console",
-            lambda m: m.type == "error" and page.console_errors.append((m.text, m.location["url"])),
-        )
-        page.goto(page_origin + "/llm_viz_dash.html")
-        yield page
-        browser.close()
+    page = browser.new_page()
+    page.console_errors = []
+    page.on(
+        "console",
+        lambda m: m.type == "error" and page.console_errors.append((m.text, m.location["url"])),
+    )
+    page.goto(page_origin + "/llm_viz_dash.html")
+    yield page
+    page.close()
 
 
 @pytest.fixture(scope="module", params=["standard", "compat"])

@@ -20,7 +20,6 @@ import requests
 
 from app.engine import tensors
 from app.models.resolution import DEMO_ROOT
-from tests.live.test_browser import CHROMIUM, sync_playwright
 from tests.support.server import REPO, wait_for
 from tests.support.sse_client import SSEEvent, parse
 
@@ -57,19 +56,6 @@ SAMPLE_FRAMES = """() => {
   requestAnimationFrame(sample);
   window.stopSampling = () => { sampling = false; return frames; };
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's Chromium, headless; never a downloaded browser."""
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
