@@ -18,7 +18,7 @@ class Settings:
 
     model_root: Path = Path("models")
     allow_hub: bool = True
-    default_model: str = "gpt2"
+    default_model: str = "llmviz/shakespeare"  # a demo model: works with no network
     cache_size: int = 2
     max_new_tokens: int = 1024
     cors_origins: tuple[str, ...] = ("*",)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app import create_app
 from app.models import list_demo
 from scripts.train_nano_sort import split_prompts, to_text
+from scripts.train_shakespeare import load_corpus, split_corpus, validation_loss
+
+REPO = Path(__file__).resolve().parents[3]
 
 NANO_SORT = "llmviz/nano-sort"
 
@@ -45,3 +52,23 @@ def test_nano_sort_sorts_held_out_sequences(demo_client):
     assert right >= 99, f"{right} of 100 held-out sequences sorted"
     example = {"model_id": NANO_SORT, "prompt": "CBABBC", "max_new_tokens": 6, "temperature": 0}
     assert demo_client.post("/generate", json=example).get_json()["text"] == "CBABBCABBBCC"
+
+
+SHAKESPEARE = REPO / "demo_models" / "shakespeare"
+
+
+def test_the_default_model_speaks_gpt2_s_ids(demo_client):
+    body = demo_client.post("/tokenize", json={"prompt": "Hello world"}).get_json()
+    assert body["token_ids"] == [15496, 995] and body["tokens"] == ["Hello", " world"]
+    assert demo_client.get("/models").get_json()["default_model"] == "llmviz/shakespeare"
+
+
+def test_shakespeare_s_validation_loss_is_the_one_on_its_card():
+    card = json.loads((SHAKESPEARE / "training_results.json").read_text())["validation"]
+    tokenizer = AutoTokenizer.from_pretrained(SHAKESPEARE)
+    model = AutoModelForCausalLM.from_pretrained(SHAKESPEARE, dtype=torch.float32).eval()
+    _, held_out = split_corpus(load_corpus())  # two whole plays never trained on
+    measured = validation_loss(model, tokenizer, held_out)
+    assert measured["chars"] == card["chars"] and measured["tokens"] == card["tokens"]
+    assert abs(measured["nats_per_char"] - card["nats_per_char"]) <= 0.02
+    assert measured["nats_per_char"] <= 1.7
