@@ -67,12 +67,23 @@ def stop(greenlets: list[Any]) -> None:
 
 
 def run_off_hub(fn: Callable[..., T], *args: Any) -> T:
-    """Call a long blocking function without stalling other greenlets."""
-    if gevent_patched():
-        import gevent
+    """Call a long blocking function without stalling other greenlets; its errors are raised
+    here, in the caller (gevent's pool would also print each one as a traceback)."""
+    if not gevent_patched():
+        return fn(*args)
+    import gevent
 
-        return gevent.get_hub().threadpool.apply(fn, args)
-    return fn(*args)
+    ok, value = gevent.get_hub().threadpool.apply(_outcome, (fn, args))
+    if ok:
+        return value
+    raise value
+
+
+def _outcome(fn: Callable[..., T], args: tuple) -> tuple[bool, Any]:
+    try:
+        return True, fn(*args)
+    except Exception as exc:
+        return False, exc
 
 
 class Mailbox:

@@ -70,6 +70,13 @@ def resolve(model_id: str, settings: Settings) -> ModelSpec:
         )
     if not _HUB_ID.match(model_id) or "--" in model_id or ".." in model_id:
         raise ModelNotFound(f"model {model_id!r} is not a local folder or a valid Hugging Face id")
+    if _exists(Path(model_id)):
+        # transformers would read a path relative to the server's own folder as a local
+        # model: that must go through LLMVIZ_MODEL_ROOT, never around it.
+        raise ModelNotFound(
+            f"model {model_id!r} is not a folder under LLMVIZ_MODEL_ROOT or a demo model, and "
+            "names a path on the server, so it is not taken as a Hugging Face id either"
+        )
     return ModelSpec(model_id, model_id, local=False)
 
 
@@ -103,6 +110,13 @@ def _canonical_folder(root: Path, folder: Path, model_id: str) -> str:
     if real.is_relative_to(real_root) and real != real_root:
         return real.relative_to(real_root).as_posix()
     return model_id  # a link out of the root, placed there by whoever runs the server
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _is_dir(path: Path) -> bool:

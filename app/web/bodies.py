@@ -95,6 +95,8 @@ class GenerateRequest(_PromptBody):
             raise ValueError("stop strings must be 1 to 256 characters long")
         if self.attention is not None and not self.details:
             raise ValueError("`attention` needs `details: true`")
+        if self.top_logprobs and not self.details:
+            raise ValueError("`top_logprobs` needs `details: true`")
         return self
 
 

@@ -116,8 +116,9 @@ def _stream(
 
 
 def _echoes_prompt(body: GenerateRequest, settings: Settings) -> bool:
-    # Streams for whitespace-trimming clients leave the prompt out unless asked for it.
-    if settings.stream_compat and "return_full_text" not in body.model_fields_set:
+    # Plain streams for whitespace-trimming clients leave the prompt out unless asked for it.
+    compat = settings.stream_compat and not body.details
+    if compat and "return_full_text" not in body.model_fields_set:
         return False
     return body.return_full_text
 

@@ -184,3 +184,11 @@ def test_an_unreachable_hub_id_is_a_fast_404_that_says_how_to_serve_offline(star
     assert "cannot be reached" in message
     for advice in ("LLMVIZ_MODEL_ROOT", "HF_HUB_OFFLINE=1", "llmviz/shakespeare"):
         assert advice in message
+
+
+def test_a_client_s_mistake_leaves_no_traceback_in_the_log(start_server):
+    live = start_server()
+    for path in ("/generate", "/generate/stream", "/tokenize"):
+        body = {"model_id": "llmviz/nano-sort", "prompt": "abc", "max_new_tokens": 3}
+        assert requests.post(live.url(path), json=body, timeout=30).status_code == 400
+    assert "Traceback" not in live.log()

@@ -192,3 +192,32 @@ def test_text_a_vocabulary_cannot_encode_is_a_400(client, path):
     response = client.post(path, json=body)
     assert response.status_code == 400
     assert "cannot encode this text" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("model_id", ["local-model", "local-model/", "app"])
+def test_a_path_relative_to_the_server_s_folder_is_not_a_model(
+    tmp_path, model_root, fresh_cache, monkeypatch, model_id
+):
+    (tmp_path / "app").mkdir()
+    save_gpt2(tmp_path / "local-model")  # a real model, but outside LLMVIZ_MODEL_ROOT
+    monkeypatch.chdir(tmp_path)
+    client = create_app({"model_root": model_root}).test_client()
+    response = client.post("/tokenize", json={"model_id": model_id, "prompt": "x"})
+    assert response.status_code == 404
+    assert "names a path on the server" in response.get_json()["error"]
+    assert fresh_cache.loads_started == 0
+
+
+def test_compat_streams_with_details_keep_the_prompt(model_root, fresh_cache):
+    client = create_app({"model_root": model_root, "stream_compat": True}).test_client()
+    body = {"model_id": "tiny-gpt2", "prompt": "Hi there", "max_new_tokens": 3, "details": True}
+    events = parse(client.post("/generate/stream", json=body).get_data(as_text=True))
+    assert events[0] == SSEEvent("message", "Hi there")  # details streams are not "plain"
+    plain = parse(client.post("/generate/stream", json={**body, "details": False}).get_data(True))
+    assert "Hi there" not in "".join(e.data for e in plain if isinstance(e, SSEEvent))
+
+
+def test_top_logprobs_without_details_is_refused_not_ignored(client):
+    response = client.post("/generate", json={"prompt": "x", "top_logprobs": 3})
+    assert response.status_code == 400
+    assert "`top_logprobs` needs `details: true`" in response.get_json()["error"]
