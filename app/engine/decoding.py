@@ -228,7 +228,9 @@ def _group_offsets(
         return None
     start = min(offsets[i][0] for i in group)
     end = max(offsets[i][1] for i in group)
-    following = (s for s, e in offsets[group[-1] + 1 :] if e > s)
+    # Walk indices, not a slice: a slice per token made long prompts quadratic.
+    after = range(group[-1] + 1, len(offsets))
+    following = (offsets[i][0] for i in after if offsets[i][1] > offsets[i][0])
     return start, max(end, next(following, len(text)))
 
 

@@ -64,6 +64,15 @@ def encode(lm: LoadedModel, given: PromptInput) -> tuple[str, list[int]]:
     return prompt, [lm.tokenizer.bos_token_id]
 
 
+def count_tokens(lm: LoadedModel, given: PromptInput) -> int:
+    """How many tokens `tokenize` would give, without working out their texts and spans."""
+    if given.token_ids is not None:
+        return len(check_token_ids(lm, given.token_ids))
+    prompt, add_special = render(lm, given)
+    options = {} if add_special is None else {"add_special_tokens": add_special}
+    return len(_encode(lm, prompt, **options)["input_ids"])
+
+
 def tokenize(lm: LoadedModel, given: PromptInput) -> Tokens:
     """Tokenize `prompt` or `messages`, or describe given `token_ids`, for display."""
     tokenizer = lm.tokenizer

@@ -63,16 +63,19 @@ def inspect():
     body = parsing.read_body(InspectRequest)
     settings = parsing.settings()
     lm = models.cache.get(parsing.model_spec(body.model_id))
-    tokens = run_off_hub(prompts.tokenize, lm, parsing.prompt_input(body))
-    requestlog.record().update(model=lm.model_id, prompt_tokens=len(tokens.ids))
-    if not tokens.ids:
+    given = parsing.prompt_input(body)
+    # Count first (ids only): pieces and offsets of a huge input are work to refuse early.
+    count = run_off_hub(prompts.count_tokens, lm, given)
+    requestlog.record().update(model=lm.model_id, prompt_tokens=count)
+    if not count:
         raise BadRequest("the input has no tokens to inspect")
-    if len(tokens.ids) > settings.max_inspect_tokens:
+    if count > settings.max_inspect_tokens:
         raise PayloadTooLarge(
-            f"the input has {len(tokens.ids)} tokens; /inspect takes at most "
+            f"the input has {count} tokens; /inspect takes at most "
             f"{settings.max_inspect_tokens} (LLMVIZ_MAX_INSPECT_TOKENS)"
         )
-    lm.check_context(len(tokens.ids))
+    lm.check_context(count)
+    tokens = run_off_hub(prompts.tokenize, lm, given)
     selection = _selection(lm, body)
     _check_size(lm, selection, len(tokens.ids), settings.max_inspect_bytes)
     task = analysis.inspection_task(tokens.ids, selection)

@@ -221,3 +221,15 @@ def test_top_logprobs_without_details_is_refused_not_ignored(client):
     response = client.post("/generate", json={"prompt": "x", "top_logprobs": 3})
     assert response.status_code == 400
     assert "`top_logprobs` needs `details: true`" in response.get_json()["error"]
+
+
+def test_inspect_refuses_a_long_input_before_working_out_its_tokens(client, monkeypatch):
+    from app.models import prompts
+
+    def not_for_refused_inputs(*args):
+        raise AssertionError("pieces and offsets were worked out for an input to refuse")
+
+    monkeypatch.setattr(prompts, "tokenize", not_for_refused_inputs)
+    response = client.post("/inspect", json={"prompt": "the king " * 2000})
+    assert response.status_code == 413
+    assert "LLMVIZ_MAX_INSPECT_TOKENS" in response.get_json()["error"]
