@@ -50,11 +50,11 @@ class ModelProfile:
             return
         if new_tokens:
             raise BadRequest(
-                f"the prompt has {input_tokens} tokens and max_new_tokens is {new_tokens}, "
+                f"the prompt has {_tokens(input_tokens)} and max_new_tokens is {new_tokens}, "
                 f"but the model's context length is {limit}"
             )
         raise BadRequest(
-            f"the input has {input_tokens} tokens, but the model's context length is {limit}"
+            f"the input has {_tokens(input_tokens)}, but the model's context length is {limit}"
         )
 
 
@@ -132,3 +132,7 @@ class LoadedModel:
             "last_used": max(self.last_used, self.worker.last_finished),
             **self.stats(),
         }
+
+
+def _tokens(count: int) -> str:
+    return f"{count} token" if count == 1 else f"{count} tokens"

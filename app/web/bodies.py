@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from app.errors import BadRequest
 
+# A list of head indices: at least one (no heads at all is a mistake, not a selection).
+HeadList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=1024)]
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -85,9 +88,7 @@ class GenerateRequest(_PromptBody):
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, min_length=1, max_length=1024, description="Layers for `attention`; null: all."
     )
-    heads: Literal["all"] | list[Annotated[int, Field(ge=0)]] = Field(
-        "all", description="Heads for `attention`."
-    )
+    heads: Literal["all"] | HeadList = Field("all", description="Heads for `attention`.")
 
     @model_validator(mode="after")
     def _check_combinations(self) -> GenerateRequest:
@@ -158,9 +159,7 @@ class AttentionOptions(BaseModel):
 
     format: Literal["topk", "dense"] = Field("topk", description="topk rows, or full matrices.")
     k: int = Field(8, ge=1, le=1024, description="Weights kept per query row (topk).")
-    heads: Literal["all"] | list[Annotated[int, Field(ge=0)]] = Field(
-        "all", description="Heads to return."
-    )
+    heads: Literal["all"] | HeadList = Field("all", description="Heads to return.")
 
 
 class InspectRequest(_Body):

@@ -233,3 +233,15 @@ def test_inspect_refuses_a_long_input_before_working_out_its_tokens(client, monk
     response = client.post("/inspect", json={"prompt": "the king " * 2000})
     assert response.status_code == 413
     assert "LLMVIZ_MAX_INSPECT_TOKENS" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/inspect", {"prompt": "hi", "include": ["attention"], "attention": {"heads": []}}),
+        ("/generate", {"prompt": "hi", "details": True, "attention": "last_row", "heads": []}),
+    ],
+)
+def test_an_empty_head_list_is_a_400(client, path, body):
+    response = client.post(path, json=body)
+    assert response.status_code == 400 and "heads" in response.get_json()["error"]
