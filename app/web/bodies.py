@@ -76,7 +76,7 @@ class GenerateRequest(_PromptBody):
     # 2**53: the largest integer a browser's JSON numbers hold exactly.
     seed: int | None = Field(None, ge=0, le=2**53, description="Seed for reproducible sampling.")
     ignore_eos: bool = Field(False, description="Keep generating past end-of-sequence.")
-    stop: list[str] = Field(
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=list, max_length=8, description="End at the first of these strings."
     )
     return_full_text: bool = Field(True, description="Prefix the prompt to the answer.")
@@ -92,8 +92,6 @@ class GenerateRequest(_PromptBody):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> GenerateRequest:
-        if any(not s or len(s) > 256 for s in self.stop):
-            raise ValueError("stop strings must be 1 to 256 characters long")
         if self.attention is not None and not self.details:
             raise ValueError("`attention` needs `details: true`")
         if self.top_logprobs and not self.details:
@@ -143,9 +141,10 @@ def _first_surrogate(payload: object) -> str | None:
 def _describe(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in err["loc"]) or "body"
+        where = ".".join(str(part) for part in err["loc"])
         message = err["msg"].removeprefix("Value error, ")
-        problems.append(f"{where}: {message}")
+        # A check across fields has no location of its own; its message names the fields.
+        problems.append(f"{where}: {message}" if where else message)
     return "invalid request: " + "; ".join(problems)
 
 

@@ -245,3 +245,9 @@ def test_inspect_refuses_a_long_input_before_working_out_its_tokens(client, monk
 def test_an_empty_head_list_is_a_400(client, path, body):
     response = client.post(path, json=body)
     assert response.status_code == 400 and "heads" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize(("stop", "says"), [([""], "stop.0: "), (["ok", "x" * 257], "stop.1: ")])
+def test_a_bad_stop_string_is_named_by_its_place(client, stop, says):
+    response = client.post("/generate", json={"prompt": "x", "stop": stop})
+    assert response.status_code == 400 and says in response.get_json()["error"]
