@@ -152,7 +152,8 @@ def test_health_stays_fast_while_a_gpt2_vocabulary_model_loads(start_server, big
         latencies = []
         while loader.is_alive():
             started = time.perf_counter()
-            assert probe.get(live.url("/health"), timeout=5).ok
+            # A generous timeout: one slow probe is a data point for p99, not a crash.
+            assert probe.get(live.url("/health"), timeout=60).ok
             latencies.append(time.perf_counter() - started)
     loader.join(timeout=60)
     assert len(latencies) >= 200, f"only {len(latencies)} probes: the load was too short to judge"
