@@ -15,10 +15,13 @@ class APIError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.param = param  # the request field at fault, when there is one
 
     def to_dict(self) -> dict[str, str]:
         """The JSON body of this error."""

@@ -22,6 +22,9 @@ class SamplingParams:
     top_p: float = 0.95
     top_k: int = 0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0  # subtracted once from each generated token's logit
+    frequency_penalty: float = 0.0  # ... and this times the number of times it was generated
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
     seed: int | None = None
     ignore_eos: bool = False
     logprobs: bool = False  # report the chosen token's log-probability
@@ -61,6 +64,10 @@ class Sampler:
         self._shape = LogitsProcessorList()
         if params.repetition_penalty != 1.0:
             self._shape.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+        # OpenAI's penalties count generated tokens only (not the prompt's): one count each.
+        self._penalize = params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+        self._counts: torch.Tensor | None = None  # [vocab], made at the first step
+        self._bias: torch.Tensor | None = None  # [vocab], made at the first step
         self._truncate = LogitsProcessorList()
         if params.top_k > 0:
             self._truncate.append(TopKLogitsWarper(params.top_k))
@@ -75,7 +82,12 @@ class Sampler:
     def choose(self, logits: torch.Tensor) -> Choice:
         """Pick the next token from a 1-D row of logits and remember it."""
         seen = self._seen[:, : self._length]
-        scores = _temper(self._shape(seen, logits.float().unsqueeze(0)), self._params)
+        scores = self._shape(seen, logits.float().unsqueeze(0))
+        if self._params.logit_bias:
+            scores = scores + self._biases(scores)
+        if self._penalize:
+            scores = self._penalized(scores)
+        scores = _temper(scores, self._params)
         if self._params.greedy:
             token = scores.argmax(dim=-1)
         else:
@@ -84,12 +96,30 @@ class Sampler:
         if self._track:
             self._seen[0, self._length] = token[0]
             self._length += 1
+        if self._counts is not None:
+            self._counts[token[0]] += 1
         if not self._params.logprobs:
             return Choice(int(token.item()))
         return self._with_logprobs(scores[0], int(token.item()))
 
+    def _biases(self, scores: torch.Tensor) -> torch.Tensor:
+        if self._bias is None:
+            self._bias = torch.zeros(scores.shape[-1], dtype=torch.float32, device=scores.device)
+            ids, values = zip(*self._params.logit_bias, strict=True)
+            self._bias[list(ids)] = torch.tensor(values, device=scores.device)
+        return self._bias
+
+    def _penalized(self, scores: torch.Tensor) -> torch.Tensor:
+        """Presence and frequency penalties, as the OpenAI API defines them:
+        `logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty`."""
+        if self._counts is None:
+            self._counts = torch.zeros(scores.shape[-1], dtype=torch.float32, device=scores.device)
+        penalty = self._counts * self._params.frequency_penalty
+        penalty += (self._counts > 0).float() * self._params.presence_penalty
+        return scores - penalty
+
     def _with_logprobs(self, scores: torch.Tensor, token_id: int) -> Choice:
-        # The distribution after temperature and repetition penalty, before top-k/top-p.
+        # The distribution after the penalties and temperature, before top-k/top-p.
         logprobs = scores.log_softmax(dim=-1)
         top: tuple[tuple[int, float], ...] = ()
         if self._params.top_logprobs:

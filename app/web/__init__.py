@@ -3,10 +3,10 @@
 Blueprints: `generation` (/generate, /generate/stream), `tokens` (/tokenize,
 /detokenize), `admin` (/models, DELETE /models/<id>), `viz` (/models/<id>/config,
 /config, /inspect), `ops` (/health, /metrics), `docs` (/openapi.json, /docs) and
-`viewer` (the page at / and its static files). Around them: `bodies` and `parsing`
-read requests; `answers`, `shaping` and `streams` write responses; `sse` frames
-events; `disconnect` notices a client that left; `auth` checks keys; `requestlog`
-logs; `handlers` turns every error into JSON.
+`viewer` (the page at / and its static files); `v1` holds the OpenAI-compatible API.
+Around them: `bodies` and `parsing` read requests; `answers`, `shaping` and `streams`
+write responses; `sse` frames events; `disconnect` notices a client that left; `auth`
+checks keys; `requestlog` logs; `handlers` turns every error into JSON.
 """
 
 from __future__ import annotations
@@ -14,8 +14,19 @@ from __future__ import annotations
 from flask import Flask
 
 from app.web import admin, auth, docs, generation, handlers, ops, requestlog, tokens, viewer, viz
+from app.web.v1 import catalog, completions
 
-BLUEPRINTS = (generation.bp, tokens.bp, admin.bp, viz.bp, ops.bp, docs.bp, viewer.bp)
+BLUEPRINTS = (
+    generation.bp,
+    tokens.bp,
+    admin.bp,
+    viz.bp,
+    ops.bp,
+    docs.bp,
+    viewer.bp,
+    catalog.bp,
+    completions.bp,
+)
 
 
 def init_app(app: Flask) -> None:

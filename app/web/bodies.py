@@ -73,6 +73,12 @@ class GenerateRequest(_PromptBody):
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
     top_k: int = Field(0, ge=0, description="Keep the k likeliest tokens; 0 turns it off.")
     repetition_penalty: float = Field(1.0, gt=0, description="1.0 means no penalty.")
+    presence_penalty: float = Field(
+        0.0, ge=-2, le=2, description="Subtracted from the logit of every token generated so far."
+    )
+    frequency_penalty: float = Field(
+        0.0, ge=-2, le=2, description="Times each token's count so far, subtracted from its logit."
+    )
     # 2**53: the largest integer a browser's JSON numbers hold exactly.
     seed: int | None = Field(None, ge=0, le=2**53, description="Seed for reproducible sampling.")
     ignore_eos: bool = Field(False, description="Keep generating past end-of-sequence.")
@@ -106,12 +112,13 @@ def parse_body(model: type[_Body], payload: object) -> _Body:
     if where := _first_surrogate(payload):
         raise BadRequest(
             f"invalid request: {where}: holds an unpaired UTF-16 surrogate escape "
-            "(such as \\ud800 alone), which is not a Unicode character; send valid text"
+            "(such as \\ud800 alone), which is not a Unicode character; send valid text",
+            param=where,
         )
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        raise BadRequest(_describe(exc)) from None
+        raise BadRequest(_describe(exc), param=_first_field(exc)) from None
 
 
 def _first_surrogate(payload: object) -> str | None:
@@ -138,11 +145,22 @@ def _first_surrogate(payload: object) -> str | None:
     return None
 
 
+def _first_field(exc: ValidationError) -> str | None:
+    """The field the first problem is in (`stop.1`), or the one a cross-field check names."""
+    err = exc.errors(include_url=False)[0]
+    if err["loc"]:
+        return ".".join(str(part) for part in err["loc"])
+    named = re.match(r"(?:Value error, )?`?([\w.]+)`?:", err["msg"])
+    return named.group(1) if named else None
+
+
 def _describe(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors(include_url=False):
         where = ".".join(str(part) for part in err["loc"])
         message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":  # the OpenAI API's bodies refuse unknown fields
+            message = "this field is not supported by this server"
         # A check across fields has no location of its own; its message names the fields.
         problems.append(f"{where}: {message}" if where else message)
     return "invalid request: " + "; ".join(problems)

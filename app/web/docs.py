@@ -13,6 +13,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_di
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from app.web import sse
 from app.web.answers import ErrorResponse
 
 bp = Blueprint("docs", __name__)
@@ -41,20 +42,27 @@ _PAGE = """<!doctype html>
 
 @dataclass(frozen=True)
 class Operation:
-    """What the document says of one view: its body, its answer, its query parameters."""
+    """What the document says of one view: its body, its answer, its query parameters,
+    the model of its errors, and whether it can answer with a stream instead."""
 
     request: type[BaseModel] | None
     answer: type[BaseModel] | str  # a response model, or a media type
     query: tuple[str, ...] = ()
+    errors: type[BaseModel] = ErrorResponse
+    streams: bool = False  # `stream: true` answers text/event-stream
 
 
 def documented(
-    request: type[BaseModel] | None, answer: type[BaseModel] | str, query: tuple[str, ...] = ()
+    request: type[BaseModel] | None,
+    answer: type[BaseModel] | str,
+    query: tuple[str, ...] = (),
+    errors: type[BaseModel] = ErrorResponse,
+    streams: bool = False,
 ) -> Callable[[F], F]:
     """Mark a view as part of the API, with its request and response (model or media type)."""
 
     def mark(view: F) -> F:
-        view.openapi = Operation(request, answer, query)  # type: ignore[attr-defined]
+        view.openapi = Operation(request, answer, query, errors, streams)  # type: ignore[attr-defined]
         return view
 
     return mark
@@ -86,7 +94,8 @@ def build_document(app: Flask, with_keys: bool) -> dict[str, Any]:
     routes = list(_documented_routes(app))
     schemas: list[type[BaseModel]] = [ErrorResponse]
     for _, _, _, operation in routes:
-        schemas += [m for m in (operation.request, operation.answer) if isinstance(m, type)]
+        shown = (operation.request, operation.answer, operation.errors)
+        schemas += [m for m in shown if isinstance(m, type)]
     keyed = [(m, "validation") for m in dict.fromkeys(schemas)]
     _, top = models_json_schema(keyed, ref_template="#/components/schemas/{model}")
     paths: dict[str, Any] = {}
@@ -120,10 +129,11 @@ def _documented_routes(app: Flask):
 def _operation(view: Any, path: str, operation: Operation) -> dict[str, Any]:
     summary = (view.__doc__ or "").strip().splitlines()[0]
     described: dict[str, Any] = {"summary": summary, "responses": {"200": _success(operation)}}
+    error_schema = {"$ref": f"#/components/schemas/{operation.errors.__name__}"}
     for status, why in _ERRORS.items():
         described["responses"][status] = {
             "description": why,
-            "content": {_JSON: {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+            "content": {_JSON: {"schema": error_schema}},
         }
     parameters = [_param(name, "path", True) for name in re.findall(r"{(\w+)}", path)]
     if not parameters:
@@ -141,7 +151,10 @@ def _success(operation: Operation) -> dict[str, Any]:
         content = {operation.answer: {"schema": {"type": "string"}}}
         return {"description": "OK", "content": content}
     schema = {"$ref": f"#/components/schemas/{operation.answer.__name__}"}
-    return {"description": "OK", "content": {_JSON: {"schema": schema}}}
+    content: dict[str, Any] = {_JSON: {"schema": schema}}
+    if operation.streams:
+        content[sse.MIMETYPE] = {"schema": {"type": "string"}}
+    return {"description": "OK", "content": content}
 
 
 def _param(name: str, where: str, required: bool) -> dict[str, Any]:

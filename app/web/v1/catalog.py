@@ -1,0 +1,62 @@
+"""GET /v1/models and GET /v1/models/{id}: the models this server can serve, OpenAI's shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, jsonify
+
+from app import models
+from app.engine.threads import run_off_hub
+from app.errors import APIError
+from app.models import ModelSpec
+from app.models.resolution import DEMO_PREFIX
+from app.web import parsing
+from app.web.docs import documented
+from app.web.v1.answers import Model, ModelList, OpenAIErrorResponse
+
+bp = Blueprint("v1_models", __name__, url_prefix="/v1")
+
+
+@bp.get("/models")
+@documented(None, ModelList, errors=OpenAIErrorResponse)
+def list_models():
+    """The demo models, the loaded ones, local folders and exact ids in the allowlist."""
+    settings = parsing.settings()
+    ids = [lm.model_id for lm in models.cache.loaded()]
+    ids += models.list_demo() + models.list_local(settings.model_root)
+    ids += [pattern for pattern in settings.model_allowlist if not set("*?[") & set(pattern)]
+    shown = []
+    for model_id in dict.fromkeys(ids):
+        try:
+            spec = models.resolve(model_id, settings)
+        except APIError:  # not allowed, or gone since it was listed
+            continue
+        shown.append(_describe(spec))
+    return jsonify(ModelList(data=shown).model_dump(mode="json"))
+
+
+@bp.get("/models/<path:model_id>")
+@documented(None, Model, errors=OpenAIErrorResponse)
+def get_model(model_id: str):
+    """One model, if it exists here (or on the hub, when the hub is allowed)."""
+    spec = parsing.model_spec(model_id)
+    if models.cache.peek(spec) is None:
+        run_off_hub(models.check_available, spec)  # a 404 for a model that is nowhere
+    return jsonify(_describe(spec).model_dump(mode="json"))
+
+
+def _describe(spec: ModelSpec) -> Model:
+    created = 0
+    if spec.local:
+        try:
+            created = int((Path(spec.source) / "config.json").stat().st_mtime)
+        except OSError:
+            pass
+    if spec.model_id.startswith(DEMO_PREFIX) and spec.local:
+        owner = "llmviz"
+    elif spec.local:
+        owner = "local"
+    else:
+        owner = spec.model_id.split("/")[0] if "/" in spec.model_id else "huggingface"
+    return Model(id=spec.model_id, created=created, owned_by=owner)
