@@ -11,7 +11,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,7 @@ def completions():
     top = body.logprobs
     params = _sampling(lm, body, max_tokens, top)
     planned = choices.plan(prompt_list, body.n or 1, params, body.stops)
+    _check_queue(planned, settings)
     scores = {}
     if body.echo and top is not None:
         scores = _score(lm, prompt_list, top)
@@ -97,6 +98,7 @@ def chat_completions():
     _check_context(lm, prompt, max_tokens, field)
     top = (body.top_logprobs or 0) if body.logprobs else None
     planned = choices.plan([prompt], body.n or 1, _sampling(lm, body, max_tokens, top), body.stops)
+    _check_queue(planned, settings)
     meta = Meta(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), lm.model_id)
     view = _ChatView(meta, bool(body.logprobs))
     return _answer(lm, body, planned, view, settings)
@@ -255,12 +257,12 @@ class _CompletionView(_View):
 
     def _echoed(self, choice: Choice) -> dict[str, list] | None:
         """The prompt's tokens, logprobs (the first is null) and offsets."""
-        if self.top is None:
+        if self.top is None or not self.echo:
             return None
         tokens, scores = choice.prompt.tokens, self.scores[choice.prompt.index]
         tops: list[dict[str, float] | None] = [None]
         tops += [
-            {scores.texts[token_id]: _logprob(lp) for token_id, lp in pairs}
+            _by_text((scores.texts[token_id], lp) for token_id, lp in pairs)
             for pairs in scores.top[1:]
         ]
         self._offsets[choice.index] = len(choice.prompt.text)
@@ -283,7 +285,7 @@ class _CompletionView(_View):
             "tokens": [token.piece for token in tokens],
             "token_logprobs": [_logprob(token.logprob) for token in tokens],
             "top_logprobs": [
-                {alt.text: _logprob(alt.logprob) for alt in token.top} for token in tokens
+                _by_text((alt.text, alt.logprob) for alt in token.top) for token in tokens
             ],
             "text_offset": offsets,
         }
@@ -377,6 +379,14 @@ def _merge(*parts: dict[str, list] | None) -> dict[str, list]:
     return merged
 
 
+def _by_text(alternatives: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """OpenAI's {text: logprob}, likeliest first; tokens that read alike keep the likeliest."""
+    shown: dict[str, float] = {}
+    for text, logprob in alternatives:
+        shown.setdefault(text, _logprob(logprob))
+    return shown
+
+
 def _logprob(value: float | None) -> float:
     # JSON has no -Infinity: OpenAI's own answers show a ruled-out token as -9999.0.
     return value if value is not None and math.isfinite(value) else NO_LOGPROB
@@ -425,6 +435,16 @@ def _check_limit(max_tokens: int, settings: Settings, field: str) -> None:
         raise BadRequest(
             f"{field} must be at most {settings.max_new_tokens} (LLMVIZ_MAX_NEW_TOKENS)",
             param=field,
+        )
+
+
+def _check_queue(planned: list[Choice], settings: Settings) -> None:
+    # More jobs than the queue holds could never be queued at once: retrying would not help.
+    if sum(choice.job is not None for choice in planned) > settings.max_queue:
+        raise BadRequest(
+            f"this request asks for {len(planned)} generations (prompts times n); at most "
+            f"{settings.max_queue} fit in the queue (LLMVIZ_MAX_QUEUE)",
+            param="n",
         )
 
 
