@@ -149,21 +149,29 @@ def _first_field(exc: ValidationError) -> str | None:
     """The field the first problem is in (`stop.1`), or the one a cross-field check names."""
     err = exc.errors(include_url=False)[0]
     if err["loc"]:
-        return ".".join(str(part) for part in err["loc"])
+        return _where(err["loc"])
     named = re.match(r"(?:Value error, )?`?([\w.]+)`?:", err["msg"])
     return named.group(1) if named else None
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """A field's path (`stop.1`), without the union members pydantic names (`list[str]`).
+
+    Field names are identifiers; the members' tags hold brackets or dashes.
+    """
+    return ".".join(str(p) for p in loc if isinstance(p, int) or not set("[-") & set(p))
 
 
 def _describe(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in err["loc"])
+        where = _where(err["loc"])
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":  # the OpenAI API's bodies refuse unknown fields
             message = "this field is not supported by this server"
         # A check across fields has no location of its own; its message names the fields.
         problems.append(f"{where}: {message}" if where else message)
-    return "invalid request: " + "; ".join(problems)
+    return "invalid request: " + "; ".join(dict.fromkeys(problems))
 
 
 InspectPart = Literal["tokens", "next_token", "logit_lens", "attention", "resid_norms"]

@@ -11,9 +11,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 StopText = Annotated[str, Field(min_length=1, max_length=256)]
+# One text or a list of them; validated as a list, so an error names `stop.0`, not a union member.
+StopList = Annotated[
+    list[StopText],
+    BeforeValidator(
+        lambda v: [v] if isinstance(v, str) else v, json_schema_input_type=str | list[str]
+    ),
+]
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 _LIMITED = "is not supported by this server"
@@ -38,7 +45,7 @@ class _Sampling(_Body):
     temperature: float | None = Field(None, ge=0, le=2, description="Default 1; 0: greedy.")
     top_p: float | None = Field(None, ge=0, le=1, description="Default 1; 0: likeliest only.")
     n: int | None = Field(None, ge=1, le=16, description="Choices per prompt; default 1.")
-    stop: StopText | list[StopText] | None = Field(
+    stop: StopList | None = Field(
         None, description="Up to 8 strings; the text ends before the first one."
     )
     seed: Seed | None = Field(None, description="Choice i samples with seed + i.")
@@ -57,7 +64,7 @@ class _Sampling(_Body):
 
     @model_validator(mode="after")
     def _check_common(self) -> _Sampling:
-        if isinstance(self.stop, list) and len(self.stop) > 8:
+        if self.stop is not None and len(self.stop) > 8:
             raise ValueError("stop: at most 8 strings")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed when `stream` is true")
@@ -69,9 +76,7 @@ class _Sampling(_Body):
     @property
     def stops(self) -> tuple[str, ...]:
         """`stop` as a tuple of strings."""
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return tuple(self.stop or ())
 
 
 class CompletionRequest(_Sampling):
@@ -138,20 +143,29 @@ class ChatTextPart(BaseModel):
     text: str
 
 
+# A text or a list of text parts; validated as parts, so an error names `content.0`.
+ChatContent = Annotated[
+    list[ChatTextPart],
+    Field(max_length=256),
+    BeforeValidator(
+        lambda v: [{"type": "text", "text": v}] if isinstance(v, str) else v,
+        json_schema_input_type=str | list[ChatTextPart],
+    ),
+]
+
+
 class ChatCompletionMessage(BaseModel):
     """One message of `messages`; it goes through the model's chat template."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | Annotated[list[ChatTextPart], Field(max_length=256)] | None = None
+    content: ChatContent | None = None
     name: str | None = Field(None, max_length=256)
 
     def text(self) -> str:
         """The content as one text (parts joined, as OpenAI does)."""
-        if self.content is None or isinstance(self.content, str):
-            return self.content or ""
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content or ())
 
 
 class ResponseFormat(BaseModel):

@@ -52,7 +52,10 @@ class Choice:
 def tokenize(lm: LoadedModel, given: str | list[int], index: int) -> Prompt:
     """A prompt's tokens; an empty text starts from the model's BOS token, as /generate does."""
     as_input = PromptInput(prompt=given) if isinstance(given, str) else PromptInput(token_ids=given)
-    tokens = run_off_hub(prompts.tokenize, lm, as_input)
+    try:
+        tokens = run_off_hub(prompts.tokenize, lm, as_input)
+    except BadRequest as exc:  # a token id outside the vocabulary, a text it cannot encode
+        raise BadRequest(exc.message, param="prompt") from None
     if not tokens.ids:
         bos = lm.tokenizer.bos_token_id
         if bos is None:
