@@ -208,6 +208,7 @@ def test_chat_stream_with_logprobs_sync(server):
     assert last.delta.content is None and last.delta.role is None  # an empty delta
     usage = chunks[-1]
     assert usage.choices == [] and usage.usage == whole.usage
+    assert {chunk.object for chunk in chunks} == {"chat.completion.chunk"}
     assert all(chunk.usage is None for chunk in chunks[:-1])
     text = "".join(c.choices[0].delta.content or "" for c in chunks[:-1])
     assert text == whole.choices[0].message.content

@@ -8,6 +8,7 @@ JSON body or a stream of `data: {chunk}` events ended by `data: [DONE]`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import uuid
@@ -40,6 +41,7 @@ from app.web.v1.bodies import ChatCompletionRequest, CompletionRequest, logit_bi
 from app.web.v1.choices import Choice, Prompt
 from app.web.v1.errors import error_body
 
+log = logging.getLogger(__name__)
 bp = Blueprint("v1_completions", __name__, url_prefix="/v1")
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -147,6 +149,7 @@ def _stream(
         return sse.format_event(json.dumps(chunk, ensure_ascii=False))
 
     try:
+        yield b""  # the headers go out now, before the first token
         for choice in planned:
             yield from map(data, view.opening(choice))
         for item in choices.interleave(planned, ping):
@@ -162,10 +165,13 @@ def _stream(
             if client_gone():
                 return
         if include_usage:
-            yield data({**view.envelope([]), "usage": choices.usage(planned)})
+            yield data({**view.envelope([], chunk=True), "usage": choices.usage(planned)})
         yield DONE
     except Exception as exc:
-        error = translate(exc) or GenerationFailed("internal server error")
+        error = translate(exc)
+        if error is None:
+            log.exception("stream failed", exc_info=exc)
+            error = GenerationFailed("internal server error")
         yield sse.format_event(json.dumps(error_body(error.status, error.message, error.code)))
         yield DONE
     finally:
@@ -176,17 +182,18 @@ def _stream(
 class _View:
     """How one endpoint shows choices: whole (`whole`) or as stream chunks."""
 
-    object_name = ""
+    object_name = ""  # of the whole answer
+    chunk_name = ""  # of a stream's chunks
 
     def __init__(self, meta: Meta) -> None:
         self.meta = meta
 
-    def envelope(self, shown: list[dict[str, Any]]) -> dict[str, Any]:
-        """The fields every answer and chunk has, around its choices."""
+    def envelope(self, shown: list[dict[str, Any]], chunk: bool = False) -> dict[str, Any]:
+        """The fields every answer (or stream chunk) has, around its choices."""
         meta = self.meta
         return {
             "id": meta.id,
-            "object": self.object_name,
+            "object": self.chunk_name if chunk else self.object_name,
             "created": meta.created,
             "model": meta.model,
             "system_fingerprint": None,
@@ -210,7 +217,7 @@ class _CompletionView(_View):
     """`echo` prefixes the prompt; `top` (None: no logprobs) is the alternatives per token;
     `scores` are the prompts' own logprobs, for echo."""
 
-    object_name = "text_completion"
+    object_name = chunk_name = "text_completion"
 
     def __init__(
         self, meta: Meta, echo: bool, top: int | None, scores: dict[int, analysis.TokenScores]
@@ -294,7 +301,7 @@ class _CompletionView(_View):
 class _ChatView(_View):
     """`logprobs`: each token's logprob and alternatives, in the chat shape."""
 
-    object_name = "chat.completion"
+    object_name, chunk_name = "chat.completion", "chat.completion.chunk"
 
     def __init__(self, meta: Meta, logprobs: bool) -> None:
         super().__init__(meta)
@@ -334,8 +341,7 @@ class _ChatView(_View):
             "logprobs": logprobs,
             "finish_reason": finish,
         }
-        chunk = {**self.envelope([shown]), "object": "chat.completion.chunk"}
-        return _valid(ChatCompletionChunk, chunk, exclude_none_in=("delta",))
+        return _valid(ChatCompletionChunk, self.envelope([shown], chunk=True), ("delta",))
 
     def _logprobs(self, tokens: list[TokenEvent]) -> dict[str, Any] | None:
         if not self.logprobs:
