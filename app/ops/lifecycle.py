@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 _INTERVAL = 1.0  # seconds between housekeeping rounds
 _started = False
 _background: list = []  # greenlets to kill when the worker exits
+_stopping = False  # set on SIGTERM: new requests are refused from then on
 
 
 def start_housekeeping() -> None:
@@ -34,10 +35,18 @@ def begin_shutdown(grace_seconds: float) -> None:
 
     Requests that finish in time finish normally; the rest are ended a little
     before the deadline, so their streams close with an `error` event
-    (`shutting_down`) instead of being cut off.
+    (`shutting_down`) instead of being cut off. From now on `stopping()` is true:
+    requests that still reach this worker are refused before any work starts.
     """
+    global _stopping
+    _stopping = True
     margin = min(2.0, grace_seconds / 2)
     _background.append(spawn(_drain_later, grace_seconds - margin))
+
+
+def stopping() -> bool:
+    """Whether this worker has been told to stop (SIGTERM)."""
+    return _stopping
 
 
 def stop_background() -> None:

@@ -35,10 +35,17 @@ def read_body(schema: type[B]) -> B:
 
 def _raw_body() -> bytes:
     limit = settings().max_body_bytes
+    declared = request.content_length
+    # A body with a Content-Length is read to that length and no further. A chunked one is
+    # read up to one byte past the limit, from the server's own stream when it ends it
+    # (gunicorn): werkzeug's limited stream refuses any read at the limit, so a body of
+    # exactly the limit would look too large (and disagree with a proxy's equal limit).
+    wanted = limit + 1 if declared is None else declared
+    terminated = declared is None and request.environ.get("wsgi.input_terminated")
     chunks, size = [], 0
     try:
-        # Read up to one byte past the limit: a chunked body has no Content-Length to check.
-        while size <= limit and (chunk := request.stream.read(limit + 1 - size)):
+        stream = request.environ["wsgi.input"] if terminated else request.stream
+        while size < min(wanted, limit + 1) and (chunk := stream.read(wanted - size)):
             chunks.append(chunk)
             size += len(chunk)
     except RequestEntityTooLarge:  # werkzeug's own check of the length or the stream

@@ -57,13 +57,31 @@ def descendants(pid: int) -> dict[int, str]:
     return found
 
 
+def stop_group(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM a process started with `start_new_session`; after `grace` seconds, or once it
+    has exited, SIGKILL its whole group (children left by a parent that died or hung)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 class LiveServer:
     """`gunicorn -c gunicorn.conf.py wsgi:app` with the given environment."""
 
-    def __init__(self, env: dict[str, str], base_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], base_env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
         base = dict(os.environ if base_env is None else base_env)
         self.env = {**base, "HF_HUB_OFFLINE": base.get("HF_HUB_OFFLINE", "1"), **env}
-        self.port = free_port()
+        self.port = port or free_port()  # a given port: a replica restarted where it was
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log", delete=False)
@@ -106,19 +124,8 @@ class LiveServer:
 
     def stop(self) -> None:
         """Stop gunicorn: SIGTERM, then SIGKILL to the whole group if it does not exit."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:  # workers left by a master that died or hung
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+        if self.proc is not None:
+            stop_group(self.proc, 30)
 
     def url(self, path: str) -> str:
         """Absolute URL of `path` on this server."""
