@@ -38,6 +38,36 @@ native_lock = _original("_thread", "allocate_lock")
 _start_new_thread = _original("_thread", "start_new_thread")
 
 
+def native_logging_locks() -> None:
+    """Under gevent, give `logging` real locks: native threads log too.
+
+    A free gevent lock is tied to the hub of whoever takes it next. Native threads can
+    have a hub: transformers loads weights with a ThreadPoolExecutor, which patching turns
+    into greenlets on a hub of the loading thread's own. A request greenlet that waits for
+    a log lock held by that thread is woken by a callback queued on that thread's hub,
+    which the thread never runs (it is busy, then idles out): the request hangs for good
+    (a /health probe on a kept-alive connection went unanswered). Logging holds its
+    locks only to update its tables or write one record, never across a greenlet switch,
+    so real locks are brief and safe for the hub.
+    """
+    if not gevent_patched():
+        return
+    import logging
+
+    rlock = _original("_thread", "RLock")
+
+    def create_lock(handler: logging.Handler) -> None:
+        handler.lock = rlock()
+        logging._register_at_fork_reinit_lock(handler)  # type: ignore[attr-defined]
+
+    logging._lock = rlock()  # type: ignore[attr-defined]
+    logging.Handler.createLock = create_lock  # type: ignore[method-assign]
+    for ref in list(logging._handlerList):  # type: ignore[attr-defined]
+        handler = ref()
+        if handler is not None:
+            handler.lock = rlock()
+
+
 def start_native_thread(target: Callable[[], None]) -> None:
     """Run `target` on a new OS thread, even under monkey-patching."""
     _start_new_thread(target, ())

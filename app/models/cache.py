@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from app.config import Settings
 from app.engine import GenerationJob, ModelTask, WorkerClosed
-from app.engine.threads import run_off_hub
+from app.engine.threads import run_off_hub, spawn
 from app.errors import APIError, ModelLoadFailed, Overloaded
 from app.models import loading
 from app.models.loaded import LoadedModel, ModelProfile
@@ -81,7 +81,10 @@ class ModelCache:
                 return slot
             slot = self._slots[spec] = _Slot()
             self.loads_started += 1
-        threading.Thread(target=self._load, args=(spec, slot, profile), daemon=True).start()
+        # A greenlet, not threading.Thread: under gevent, Thread.start takes threading's
+        # module lock, which transformers' loading threads also take (see
+        # threads.native_logging_locks for why a lock shared with them can hang us).
+        spawn(self._load, spec, slot, profile)
         return slot
 
     def loaded(self) -> list[LoadedModel]:

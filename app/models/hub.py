@@ -10,16 +10,17 @@ a message that says how to serve offline.
 from __future__ import annotations
 
 import queue
-import threading
 import time
 import urllib.error
 import urllib.request
 
-from app.engine.threads import NativeQueue, start_native_thread
+from app.engine.threads import NativeQueue, native_lock, start_native_thread
 
 _CHECK_SECONDS = 2.0
 _REMEMBER_SECONDS = 60.0
-_lock = threading.Lock()
+# A real lock: loads on several of gevent's pool threads ask at once (a gevent lock shared
+# between threads can leave a waiter asleep: see threads.native_logging_locks).
+_lock = native_lock()
 _last: tuple[float, bool] | None = None  # (when, reachable)
 
 OFFLINE_HELP = (
