@@ -27,6 +27,7 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     max_batch: int = 8
     max_queue: int = 32
+    prefill_chunk: int = 128  # prompt tokens prefilled between two steps of running streams
     sse_ping_seconds: float = 10.0
     stream_compat: bool = False  # plain streams for whitespace-trimming SSE parsers
     max_inspect_tokens: int = 1024

@@ -15,7 +15,16 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from tests.support.server import LiveServer, wait_for  # noqa: E402
 from tests.support.tiny_models import save_gpt2_small_shape  # noqa: E402
 
-__all__ = ["LiveServer", "wait_for", "ensure_gpt2_small", "prompt_of", "median", "percentile"]
+__all__ = [
+    "DEFAULT_ROOT",
+    "REPO",
+    "LiveServer",
+    "wait_for",
+    "ensure_gpt2_small",
+    "prompt_of",
+    "median",
+    "percentile",
+]
 
 DEFAULT_ROOT = REPO / "bench" / "models"
 

@@ -1,11 +1,17 @@
 """Batching throughput: the real gunicorn server against in-process `model.generate`.
 
-In one run, on the same model and machine:
-- in-process `model.generate` at batch 1/4/8/16 (greedy, fixed length);
+In one run, on the same model and machine, for the seed's default sampling
+(temperature 0.7, top-p 0.95) and for greedy decoding:
+- in-process `model.generate` at batch 1/4/8/16 with the same parameters
+  (`do_sample=True`, fixed length), median of `--runs`;
 - the server with 1/4/8/16 concurrent streams: aggregate tokens/s, time to first
-  token, p50/p99 gap between tokens, and /health latency under that load;
-- a request joining 7 running streams: its first-token time against its prefill
-  time plus two decoding steps.
+  token, p50/p99 gap between tokens (medians of `--runs`), and /health latency
+  under that load (one more run);
+- joining: 4 streams are running and a 900-token prompt joins. The running
+  streams' largest gap between tokens against their median gap, and the joiner's
+  first-token time against its solo prefill plus one step (medians of `--runs`).
+
+Prints a table; writes the figures as JSON too (`--json`).
 
 Run from the repository root:  .venv/bin/python -m bench.throughput
 GPU:  .venv/bin/python -m bench.throughput --model tinyllama --device cuda --dtype bfloat16
@@ -17,14 +23,17 @@ import argparse
 import json
 import threading
 import time
+from pathlib import Path
 
 import requests
 import torch
 
-from bench.common import DEFAULT_ROOT, LiveServer, median, percentile, prompt_of, wait_for
+from bench.common import DEFAULT_ROOT, REPO, LiveServer, median, percentile, prompt_of, wait_for
 from tests.support.tiny_models import save_gpt2_small_shape, save_llama_1b_shape
 
 MODELS = {"gpt2-small": save_gpt2_small_shape, "tinyllama": save_llama_1b_shape}
+# The seed's defaults (SamplingParams), and greedy decoding.
+MODES = {"sampled": {"temperature": 0.7, "top_p": 0.95}, "greedy": {"temperature": 0}}
 
 
 def ensure_model(name: str):
@@ -36,24 +45,27 @@ def ensure_model(name: str):
     return path
 
 
-def in_process(path, prompt, sizes, new_tokens, device, dtype) -> dict:
-    """Aggregate tokens/s of `model.generate` per batch size, and prefill/step times."""
+def in_process(path, prompts, sizes, new_tokens, runs, device, dtype) -> dict:
+    """`model.generate`'s aggregate tokens/s per mode and batch size (median of `runs`),
+    and the solo prefill time of the joining prompt."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     model.generation_config.pad_token_id = tokenizer.eos_token_id
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
-    rates = {}
+    ids = tokenizer(prompts["short"], return_tensors="pt")["input_ids"].to(device)
+    long_ids = tokenizer(prompts["long"], return_tensors="pt")["input_ids"].to(device)
+    rates: dict[str, dict[int, float]] = {}
     with torch.inference_mode():
-        _generate(model, ids, 4)  # warm-up
-        for size in sizes:
-            batch = ids.repeat(size, 1)
-            seconds = median([_generate(model, batch, new_tokens) for _ in range(2)])
-            rates[size] = size * new_tokens / seconds
-        prefill = median([_prefill(model, ids) for _ in range(3)])
-    step_8 = 8 / rates[8] if 8 in rates else None  # seconds per decoding step at batch 8
-    return {"rates": rates, "prefill_s": prefill, "step_8_s": step_8}
+        _generate(model, ids, 4, MODES["sampled"])  # warm-up
+        for mode, sampling in MODES.items():
+            rates[mode] = {}
+            for size in sizes:
+                batch = ids.repeat(size, 1)
+                times = [_generate(model, batch, new_tokens, sampling) for _ in range(runs)]
+                rates[mode][size] = size * new_tokens / median(times)
+        prefill = median([_prefill(model, long_ids) for _ in range(runs)])
+    return {"rates": rates, "join_prefill_s": prefill, "join_prompt_tokens": long_ids.shape[1]}
 
 
 def continuous_batching(path, prompt, sizes, new_tokens, device, dtype) -> dict[int, float]:
@@ -81,9 +93,13 @@ def continuous_batching(path, prompt, sizes, new_tokens, device, dtype) -> dict[
     return rates
 
 
-def _generate(model, batch, new_tokens) -> float:
+def _generate(model, batch, new_tokens, sampling: dict) -> float:
     started = time.perf_counter()
-    model.generate(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    if sampling["temperature"] == 0:
+        options = {"do_sample": False}
+    else:  # top_k=0: no top-k, as in the server's requests (transformers would default to 50)
+        options = {"do_sample": True, "top_k": 0, **sampling}
+    model.generate(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **options)
     _sync(batch)
     return time.perf_counter() - started
 
@@ -167,22 +183,37 @@ def _probe_health(live, into: list, done: threading.Event) -> None:
         done.wait(0.02)
 
 
-def joining(live, body, new_tokens) -> float:
-    """First-token time (s) of a request that arrives while 7 others are streaming."""
-    records = [{} for _ in range(7)]
-    long_body = {**body, "max_new_tokens": new_tokens * 4}
-    threads = [threading.Thread(target=stream, args=(live, long_body, r)) for r in records]
+def joining(live, body, long_prompt, new_tokens, runs) -> dict:
+    """4 streams are running and a long prompt joins (median figures of `runs` tries)."""
+    tries = [_join_once(live, body, long_prompt, new_tokens) for _ in range(runs)]
+    return {key: median([t[key] for t in tries]) for key in tries[0]}
+
+
+def _join_once(live, body, long_prompt, new_tokens) -> dict:
+    records = [{} for _ in range(4)]
+    running = {**body, "max_new_tokens": new_tokens * 4}  # still running well after the join
+    threads = [threading.Thread(target=stream, args=(live, running, r)) for r in records]
     for thread in threads:
         thread.start()
     model_id = body["model_id"]
-    wait_for(lambda: _stats(live, model_id)["active"] == 7, timeout=300, interval=0.01)
+    wait_for(lambda: _stats(live, model_id)["active"] == 4, timeout=300, interval=0.01)
     steps = _stats(live, model_id)["decode_steps"]
-    wait_for(lambda: _stats(live, model_id)["decode_steps"] >= steps + 3, 300, interval=0.01)
-    record: dict = {}
-    stream(live, {**body, "max_new_tokens": 2}, record)
+    wait_for(lambda: _stats(live, model_id)["decode_steps"] >= steps + 5, 300, interval=0.01)
+    joiner: dict = {}
+    stream(live, {**body, "prompt": long_prompt, "max_new_tokens": 2}, joiner)
     for thread in threads:
         thread.join()
-    return record["arrivals"][0] - record["started"]
+    gaps = [
+        [b - a for a, b in zip(r["arrivals"], r["arrivals"][1:], strict=False)] for r in records
+    ]
+    largest = max(max(g) for g in gaps)
+    typical = median([gap for g in gaps for gap in g])
+    return {
+        "running_gap_ms_max": largest * 1000,
+        "running_gap_ms_p50": typical * 1000,
+        "gap_ratio": largest / typical,
+        "joiner_ttft_ms": (joiner["arrivals"][0] - joiner["started"]) * 1000,
+    }
 
 
 def _stats(live, model_id) -> dict:
@@ -191,34 +222,45 @@ def _stats(live, model_id) -> dict:
 
 
 def main() -> None:
-    """Run the whole comparison and print a table with ratios."""
+    """Run the whole comparison, print a table with ratios and write the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="gpt2-small")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--join-prompt-tokens", type=int, default=900)
     parser.add_argument("--sizes", default="1,4,8,16")
-    parser.add_argument("--runs", type=int, default=2, help="clean runs per concurrency")
+    parser.add_argument("--modes", default="sampled,greedy")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (medians)")
     parser.add_argument(
         "--with-cb",
         action="store_true",
         help="also measure transformers' continuous batching (generate_batch)",
     )
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--json",
+        default=str(REPO / "bench" / "results" / "throughput.json"),
+        help="where to write the figures as JSON ('-': standard output)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    modes = args.modes.split(",")
 
     path = ensure_model(args.model)
     from transformers import AutoTokenizer
 
-    prompt = prompt_of(AutoTokenizer.from_pretrained(path), args.prompt_tokens)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    prompts = {
+        "short": prompt_of(tokenizer, args.prompt_tokens),
+        "long": prompt_of(tokenizer, args.join_prompt_tokens),
+    }
     dtype = getattr(torch, args.dtype)
-    baseline = in_process(path, prompt, sizes, args.new_tokens, args.device, dtype)
+    baseline = in_process(path, prompts, sizes, args.new_tokens, args.runs, args.device, dtype)
     if args.with_cb:
         cb_sizes = [n for n in sizes if n in (1, 8)]
         baseline["cb_rates"] = continuous_batching(
-            path, prompt, cb_sizes, args.new_tokens, args.device, dtype
+            path, prompts["short"], cb_sizes, args.new_tokens, args.device, dtype
         )
     env = {
         "LLMVIZ_MODEL_ROOT": str(path.parent),
@@ -229,60 +271,78 @@ def main() -> None:
     }
     body = {
         "model_id": path.name,
-        "prompt": prompt,
+        "prompt": prompts["short"],
         "max_new_tokens": args.new_tokens,
-        "temperature": 0,
         "ignore_eos": True,
         "return_full_text": False,
     }
+    server: dict[str, dict[int, dict]] = {}
     with LiveServer(env) as live:
         requests.post(live.url("/generate"), json={**body, "max_new_tokens": 4}, timeout=900)
-        server = {n: measure(live, body, n, args.runs) for n in sizes}
-        join_s = joining(live, body, args.new_tokens) if 8 in sizes else None
+        for mode in modes:
+            server[mode] = {n: measure(live, {**body, **MODES[mode]}, n, args.runs) for n in sizes}
+        join = joining(
+            live, {**body, **MODES["sampled"]}, prompts["long"], args.new_tokens, args.runs
+        )
 
+    # One step of the running batch, in process: batch 4, the seed's sampling.
+    step_s = 4 / baseline["rates"]["sampled"][4] if 4 in sizes else None
+    if step_s is not None:
+        join["budget_ms"] = (baseline["join_prefill_s"] + step_s) * 1000
+        join["ttft_ratio"] = join["joiner_ttft_ms"] / join["budget_ms"]
     report = {
         "model": args.model,
         "device": args.device,
         "dtype": args.dtype,
+        "new_tokens": args.new_tokens,
+        "prompt_tokens": args.prompt_tokens,
+        "runs": args.runs,
         "in_process": baseline,
         "server": server,
-        "join_ttft_s": join_s,
+        "join": join,
     }
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-        return
-    _print(report, sizes)
+    _print(report, sizes, modes)
+    text = json.dumps(report, indent=2, default=str)
+    if args.json == "-":
+        print(text)
+    else:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+        print(f"JSON: {args.json}")
 
 
-def _print(report: dict, sizes: list[int]) -> None:
-    base, server = report["in_process"], report["server"]
-    print(f"model {report['model']} on {report['device']} ({report['dtype']})")
+def _print(report: dict, sizes: list[int], modes: list[str]) -> None:
+    base, server, join = report["in_process"], report["server"], report["join"]
     print(
-        f"{'batch':>5} {'generate':>10} {'server':>10} {'ratio':>6} {'ttft ms':>8} "
+        f"model {report['model']} on {report['device']} ({report['dtype']}), "
+        f"{report['prompt_tokens']}-token prompt, {report['new_tokens']} new tokens, "
+        f"medians of {report['runs']}"
+    )
+    print(
+        f"{'mode':>8} {'batch':>5} {'generate':>9} {'server':>9} {'ratio':>6} {'ttft ms':>8} "
         f"{'gap p50':>8} {'gap p99':>8} {'health p50':>10} {'health p99':>10}"
     )
-    for n in sizes:
-        s = server[n]
-        print(
-            f"{n:>5} {base['rates'][n]:>10.1f} {s['aggregate_tok_s']:>10.1f} "
-            f"{s['aggregate_tok_s'] / base['rates'][n]:>6.2f} {s['ttft_ms_p50']:>8.0f} "
-            f"{s['gap_ms_p50']:>8.1f} {s['gap_ms_p99']:>8.1f} {s['health_ms_p50']:>10.1f} "
-            f"{s['health_ms_p99']:>10.1f}"
-        )
-    if 8 in server and 1 in server:
-        print(
-            f"8 streams / 1 stream (server): "
-            f"{server[8]['aggregate_tok_s'] / server[1]['aggregate_tok_s']:.2f}x"
-        )
+    for mode in modes:
+        for n in sizes:
+            s, rate = server[mode][n], base["rates"][mode][n]
+            print(
+                f"{mode:>8} {n:>5} {rate:>9.1f} {s['aggregate_tok_s']:>9.1f} "
+                f"{s['aggregate_tok_s'] / rate:>6.2f} {s['ttft_ms_p50']:>8.0f} "
+                f"{s['gap_ms_p50']:>8.1f} {s['gap_ms_p99']:>8.1f} {s['health_ms_p50']:>10.1f} "
+                f"{s['health_ms_p99']:>10.1f}"
+            )
     for n, rate in base.get("cb_rates", {}).items():
         print(f"transformers generate_batch, batch {n}: {rate:.1f} tok/s")
-    if report["join_ttft_s"] is not None:
-        budget = base["prefill_s"] + 2 * base["step_8_s"]
+    print(
+        f"join: 4 streams running, a {base['join_prompt_tokens']}-token prompt joins: "
+        f"running streams' largest gap {join['running_gap_ms_max']:.0f} ms, "
+        f"median {join['running_gap_ms_p50']:.0f} ms (ratio {join['gap_ratio']:.2f})"
+    )
+    if "budget_ms" in join:
         print(
-            f"joining 7 streams: first token after {report['join_ttft_s'] * 1000:.0f} ms; "
-            f"prefill {base['prefill_s'] * 1000:.0f} ms + 2 steps at batch 8 "
-            f"{2 * base['step_8_s'] * 1000:.0f} ms = {budget * 1000:.0f} ms "
-            f"(ratio {report['join_ttft_s'] / budget:.2f})"
+            f"      joiner's first token after {join['joiner_ttft_ms']:.0f} ms; solo prefill "
+            f"{base['join_prefill_s'] * 1000:.0f} ms + one step at batch 4 = "
+            f"{join['budget_ms']:.0f} ms (ratio {join['ttft_ratio']:.2f})"
         )
 
 

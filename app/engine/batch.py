@@ -5,7 +5,9 @@ common length; an attention mask hides the padding and explicit position ids
 keep each row's own positions, so a row computes what it would compute alone
 (up to floating-point noise from different matrix shapes). Sequences that
 arrive together are prefilled together, then merged in; a finished one is cut
-out at once.
+out at once. A long prompt that joins running rows can instead be prefilled a
+chunk at a time into a cache of its own (`ChunkedPrefill`), between the
+running rows' steps, and merged in once complete.
 """
 
 from __future__ import annotations
@@ -155,23 +157,89 @@ class DecodeBatch:
             grow, pad = max(new_width - width, 0), max(width - new_width, 0)
             self._mask = torch.cat([F.pad(self._mask, (grow, 0)), F.pad(mask, (pad, 0))])
             for old, new in zip(self._cache.layers, cache.layers, strict=True):
-                old.keys = torch.cat([_left_pad(old.keys, grow), _left_pad(new.keys, pad)])
-                old.values = torch.cat([_left_pad(old.values, grow), _left_pad(new.values, pad)])
+                old.keys = _stack_left_padded(old.keys, new.keys)
+                old.values = _stack_left_padded(old.values, new.values)
         self._lengths += list(lengths)
         self.watches += list(watches)
 
     def _forward(self, ids, cache, mask, positions, watched: bool) -> ForwardOutput:
-        # Eager attention only when a row asked for its attention: SDPA computes none.
-        with eager_attention(self._model) if watched else nullcontext():
-            return self._model(
+        return _forward(self._model, ids, cache, mask, positions, watched)
+
+
+class ChunkedPrefill:
+    """One prompt fed into a KV cache of its own, `advance(tokens)` tokens at a time.
+
+    Each chunk attends to the chunks before it through the cache, so the result is
+    what a one-piece prefill computes (up to floating-point noise); the running
+    rows take a decoding step between two chunks instead of waiting for the whole
+    prompt. Once `advance` returns the last position's logits, `join` adds the
+    sequence to a batch as its last row.
+    """
+
+    def __init__(self, model: CausalLM, prompt: Sequence[int], watch: HeadSelection | None):
+        self._model = model
+        self._prompt = list(prompt)
+        self._watch = watch
+        self._cache = DynamicCache(config=model.config)
+        self.done = 0  # prompt tokens in the cache
+
+    @property
+    def remaining(self) -> int:
+        """Prompt tokens not yet prefilled."""
+        return len(self._prompt) - self.done
+
+    @torch.inference_mode()
+    def advance(self, tokens: int) -> Step | None:
+        """Prefill the next `tokens` prompt tokens (one forward pass); the Step once complete."""
+        start, end = self.done, min(self.done + max(tokens, 1), len(self._prompt))
+        device = self._model.device
+        ids = torch.tensor([self._prompt[start:end]], device=device)
+        positions = torch.arange(start, end, device=device)[None]
+        last = end == len(self._prompt)
+        decoder = _decoder(self._model)
+        if not last and decoder is not None:
+            # Only the cache is wanted: skip the LM head (a vocabulary-sized matrix to read).
+            decoder(
                 ids,
-                attention_mask=mask,
                 position_ids=positions,
                 use_cache=True,
-                logits_to_keep=1,
-                output_attentions=watched,
-                **{_cache_argument(type(self._model)): cache},
+                **{_cache_argument(type(decoder)): self._cache},
             )
+            self.done = end
+            return None
+        watched = last and self._watch is not None  # only the last query's attention is reported
+        out = _forward(self._model, ids, self._cache, None, positions, watched)
+        self.done = end
+        if not last:
+            return None
+        attention = [_last_rows(out.attentions, self._watch, 0, end) if watched else None]
+        return Step(out.logits[:, -1].float(), attention)
+
+    def join(self, batch: DecodeBatch) -> None:
+        """Add the complete sequence to `batch` as its last row (its cache is handed over)."""
+        mask = torch.ones((1, len(self._prompt)), dtype=torch.long, device=self._model.device)
+        batch._merge(self._cache, mask, [len(self._prompt)], [self._watch])
+        self._cache = None
+
+
+def _forward(model: CausalLM, ids, cache, mask, positions, watched: bool) -> ForwardOutput:
+    # Eager attention only when a row asked for its attention: SDPA computes none.
+    with eager_attention(model) if watched else nullcontext():
+        return model(
+            ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            output_attentions=watched,
+            **{_cache_argument(type(model)): cache},
+        )
+
+
+def _decoder(model: CausalLM):
+    """The model without its LM head (transformers' `base_model`), or None when it has none."""
+    base = getattr(model, "base_model", None)
+    return base if base is not None and base is not model else None
 
 
 def _columns(layer) -> int | None:
@@ -179,9 +247,17 @@ def _columns(layer) -> int | None:
     return None if keys is None else keys.shape[-2]
 
 
-def _left_pad(states: torch.Tensor, columns: int) -> torch.Tensor:
-    # [rows, heads, columns, head_dim]: add empty columns in front.
-    return F.pad(states, (0, 0, columns, 0)) if columns else states
+def _stack_left_padded(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Rows of both [rows, heads, columns, head_dim] caches, left-padded to the wider one.
+
+    One allocation and one copy of each: merging a long prompt into a batch widens every
+    row's cache, so this copy sits on a running stream's gap.
+    """
+    rows, columns = first.shape[0] + second.shape[0], max(first.shape[2], second.shape[2])
+    out = first.new_zeros((rows, first.shape[1], columns, first.shape[3]))
+    out[: first.shape[0], :, columns - first.shape[2] :] = first
+    out[first.shape[0] :, :, columns - second.shape[2] :] = second
+    return out
 
 
 def _last_rows(attentions, watch: HeadSelection, row: int, keys: int) -> torch.Tensor:

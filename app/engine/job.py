@@ -1,8 +1,9 @@
 """One generation request as the engine runs it: its events, timing and cancel flag.
 
 The request handler reads events with `events()` and may `cancel()`; the
-model's worker thread calls `begin()` once, then `take()` with the request's
-row of logits once per step.
+model's worker thread calls `begin()` once, then `take()` once per step with the
+request's row of logits, or with the token its batch chose for it
+(app/engine/sampling.py's BatchSampler, using this job's `sampler`).
 """
 
 from __future__ import annotations
@@ -79,9 +80,24 @@ class GenerationJob:
         self._special_ids = special_ids(tokenizer)
         self._tokenizer = tokenizer
 
-    def take(self, logits: torch.Tensor, attention: torch.Tensor | None = None) -> bool:
-        """Choose a token from this job's row of logits and post it; False once it has ended."""
-        choice = self._sampler.choose(logits)
+    @property
+    def sampler(self) -> Sampler:
+        """This job's sampling state (its processors' memory and its random generator)."""
+        return self._sampler
+
+    def take(
+        self,
+        logits: torch.Tensor,
+        attention: torch.Tensor | None = None,
+        choice: Choice | None = None,
+    ) -> bool:
+        """Post this step's token; False once the job has ended.
+
+        The token is `choice` when the batch has chosen it already with this job's
+        `sampler`, else it is chosen here from the job's row of `logits` [vocab].
+        """
+        if choice is None:
+            choice = self._sampler.choose(logits)
         self._times.setdefault("first_token", time.perf_counter())
         self.generated += 1
         self.last_token = token_id = choice.token_id

@@ -94,6 +94,9 @@ class ModelWorker:
     cache cannot be merged, e.g. sliding-window ones, get one batch per job,
     stepped in turn); further jobs wait in a queue of at most `max_queue`.
     A job joins at the next step, after its prefill, and leaves when it ends.
+    Jobs that arrive at an idle worker are prefilled together in one pass; a job
+    that joins running rows is prefilled at most `prefill_chunk` prompt tokens
+    between two of their steps, so a long prompt does not stall them.
     """
 
     def __init__(
@@ -103,12 +106,14 @@ class ModelWorker:
         eos_ids: frozenset[int],
         max_active: int,
         max_queue: int,
+        prefill_chunk: int = 128,
     ) -> None:
         self._model = model
         self._tokenizer = tokenizer
         self._eos_ids = eos_ids
         self._max_active = max_active
         self._max_queue = max_queue
+        self._prefill_chunk = prefill_chunk
         self._inbox = NativeQueue()
         self._tasks = NativeQueue()
         self._lock = native_lock()
@@ -221,7 +226,8 @@ class ModelWorker:
         return self._inbox.get(timeout=_GATHER_SECONDS)
 
     def _start(self, jobs: list[GenerationJob]) -> None:
-        """Prefill jobs that arrived together in one forward pass; they join at the next step."""
+        """Prefill jobs that arrived together at an idle batch in one forward pass (they join
+        at the next step), or queue them to join a busy batch (prefilled by `_step`)."""
         with self._lock:
             self.queued -= len(jobs)
             self._running += jobs
@@ -237,18 +243,25 @@ class ModelWorker:
             return
         group = next((g for g in self._groups if g.mergeable), None)
         if group is None:
-            group = JobBatch(self._model, self.passes)
+            group = JobBatch(self._model, self.passes, self._prefill_chunk)
             self._groups.append(group)
-        self._retire_all(group, group.add(jobs))
+        if group.busy:
+            group.wait(jobs)
+        else:
+            self._retire_all(group, group.add(jobs))
 
     def _step(self, group: JobBatch) -> None:
-        """One forward pass for every row of the group; retire the jobs that ended."""
-        self._retire_all(group, group.step())
+        """Some of the joining prompts, then one forward pass for every row of the group;
+        retire the jobs that ended."""
+        ended = group.prefill_waiting()
+        if group.busy:
+            ended += group.step()
+        self._retire_all(group, ended)
 
     def _retire_all(self, group: JobBatch, ended: list[GenerationJob]) -> None:
         for job in ended:
             self._retire(job)
-        if not group.jobs:
+        if not group.busy and group in self._groups:
             self._groups.remove(group)
 
     def _run_tasks(self) -> None:

@@ -74,7 +74,14 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
     eos_ids = _eos_ids(model, profile.tokenizer)
     seconds = time.perf_counter() - started
     log.info("loaded model %s on %s in %.2fs", spec.model_id, device, seconds)
-    worker = ModelWorker(model, profile.tokenizer, eos_ids, settings.max_batch, settings.max_queue)
+    worker = ModelWorker(
+        model,
+        profile.tokenizer,
+        eos_ids,
+        settings.max_batch,
+        settings.max_queue,
+        prefill_chunk=settings.prefill_chunk,
+    )
     memory = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     return LoadedModel(profile, model, worker, eos_ids, seconds, memory)
 

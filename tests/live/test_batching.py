@@ -96,3 +96,31 @@ def test_max_batch_limits_rows_and_queues_the_rest(start_server):
         for stream in streams:
             stream.close()
     wait_for(lambda: _stats(live, "slow-gpt2")["active"] == 0, timeout=20, message="cancel")
+
+
+def test_a_long_prompt_joins_running_streams_in_chunks_and_all_keep_their_text(server):
+    running = [_greedy("slow-gpt2", prompt, 300) for prompt in ("First runner", "Second")]
+    # Far longer than a prefill chunk (LLMVIZ_PREFILL_CHUNK): it goes in between their steps.
+    joiner = _greedy("slow-gpt2", "a long prompt that joins late " * 30, 20)
+    answers = [
+        requests.post(server.url("/generate"), json=b, timeout=120) for b in (*running, joiner)
+    ]
+    assert [a.status_code for a in answers] == [200] * 3, answers[-1].text
+    alone = [a.json()["text"] for a in answers]
+    results = {}
+    threads = [
+        threading.Thread(target=lambda i=i, b=b: results.update({i: _stream_text(server, b)}))
+        for i, b in enumerate(running)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: _stats(server, "slow-gpt2")["active"] == 2, 20, message="two streams")
+    steps = _stats(server, "slow-gpt2")["decode_steps"]
+    wait_for(lambda: _stats(server, "slow-gpt2")["decode_steps"] > steps + 3, 20, message="steps")
+    joined = requests.post(server.url("/generate"), json=joiner, timeout=120).json()
+    during = _stats(server, "slow-gpt2")["decode_steps"] - steps
+    for thread in threads:
+        thread.join(timeout=120)
+    assert [results[0], results[1], joined["text"]] == alone
+    # The runners kept stepping while the joiner's prompt went in and it made its 20 tokens.
+    assert during > 20

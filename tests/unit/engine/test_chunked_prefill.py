@@ -1,0 +1,213 @@
+"""Chunked prefill: a joining prompt, fed a chunk at a time, computes what a one-piece
+prefill computes, and the running rows keep stepping while it is fed."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from app.engine import DoneEvent, ErrorEvent, GenerationJob, ModelTask, ModelWorker, SamplingParams
+from app.engine.attention import HeadSelection
+from app.engine.batch import ChunkedPrefill, DecodeBatch
+from app.engine.events import TokenEvent
+from app.engine.rows import JobBatch, PassCounters, PrefillPace
+from tests.support.scripted import FAIL, LetterTokenizer, ScriptedLM
+from tests.support.tiny_models import MODEL_IDS
+
+LONG = [(7 * i + 3) % 90 + 5 for i in range(37)]
+SHORT = [5, 6, 7]
+
+
+def _solo(model, prompt, steps):
+    """Greedy logits of one sequence prefilled in one piece and decoded alone."""
+    batch = DecodeBatch(model)
+    logits = [batch.prefill([prompt], [None]).logits[0]]
+    for _ in range(steps):
+        logits.append(batch.step([int(logits[-1].argmax())]).logits[0])
+    return logits
+
+
+@pytest.mark.parametrize("model_id", MODEL_IDS)
+@pytest.mark.parametrize("chunk", [1, 5, 16, 36])
+def test_a_chunked_prefill_matches_a_one_piece_prefill(model_root, model_id, chunk):
+    model = AutoModelForCausalLM.from_pretrained(model_root / model_id).eval()
+    solo = _solo(model, LONG, 4)
+    prefill = ChunkedPrefill(model, LONG, None)
+    passes = 0
+    step = None
+    while step is None:
+        step = prefill.advance(chunk)
+        passes += 1
+    assert passes == -(-len(LONG) // chunk) and prefill.remaining == 0
+    torch.testing.assert_close(step.logits[0], solo[0], atol=1e-4, rtol=0)
+    # Joined to a batch whose rows are shorter and longer, it decodes as it would alone.
+    other = [*SHORT, *LONG, 9]
+    other_solo = _solo(model, other, 5)
+    batch = DecodeBatch(model)
+    first = batch.prefill([other], [None]).logits[0]
+    tokens = [int(batch.step([int(first.argmax())]).logits[0].argmax())]
+    prefill.join(batch)
+    tokens.append(int(step.logits[0].argmax()))
+    for n in range(4):
+        out = batch.step(tokens).logits
+        torch.testing.assert_close(out[0], other_solo[n + 2], atol=1e-4, rtol=0)
+        torch.testing.assert_close(out[1], solo[n + 1], atol=1e-4, rtol=0)
+        tokens = [int(row.argmax()) for row in out]
+
+
+def test_a_watched_prompt_gets_its_attention_from_the_last_chunk(model_root):
+    model = AutoModelForCausalLM.from_pretrained(model_root / "tiny-llama").eval()
+    watch = HeadSelection(layers=(0, 1), heads=(2,))
+    whole = DecodeBatch(model).prefill([LONG], [watch])
+    prefill = ChunkedPrefill(model, LONG, watch)
+    while (step := prefill.advance(10)) is None:
+        pass
+    assert step.attention[0].shape == (2, 1, len(LONG))
+    torch.testing.assert_close(step.attention[0], whole.attention[0], atol=1e-5, rtol=0)
+
+
+class _Recording:
+    """A model wrapper that records each forward pass's input shape (rows, positions)."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+        self.device, self.config = model.device, model.config
+        self.passes: list[tuple[int, int]] = []
+
+    def set_attn_implementation(self, implementation: str) -> None:
+        self._model.set_attn_implementation(implementation)
+
+    def __call__(self, input_ids, **kwargs):
+        return self.forward(input_ids, **kwargs)
+
+    def forward(self, input_ids, cache=None, **kwargs):
+        self.passes.append(tuple(input_ids.shape))
+        return self._model(input_ids, cache=cache, **kwargs)
+
+
+class _Numbers:
+    all_special_ids: list[int] = []
+
+    def decode(self, ids, **kwargs) -> str:
+        return " ".join(str(i) for i in ids)
+
+    def convert_ids_to_tokens(self, ids) -> list[str]:
+        return [str(i) for i in ids]
+
+
+def _tokens(job: GenerationJob) -> list[int]:
+    return [e.token_id for e in job.events(10) if isinstance(e, TokenEvent)]
+
+
+@pytest.fixture
+def workers():
+    started = []
+    yield started
+    for worker in started:
+        worker.close(cancel=True)
+        assert worker.join(10)
+
+
+@pytest.mark.parametrize("model_id", MODEL_IDS)
+def test_running_rows_keep_stepping_while_a_long_prompt_joins(model_root, model_id, workers):
+    model = _Recording(AutoModelForCausalLM.from_pretrained(model_root / model_id).eval())
+    worker = ModelWorker(model, _Numbers(), frozenset(), 8, 16, prefill_chunk=8)
+    workers.append(worker)
+    greedy = SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True)
+    running = GenerationJob(SHORT, greedy)
+    worker.submit(running)
+    events = running.events(10)
+    next(events)  # it is decoding
+    joining = GenerationJob(LONG, SamplingParams(max_new_tokens=3, temperature=0))
+    worker.submit(joining)
+    joined = _tokens(joining)
+    running_tokens = [e.token_id for e in events if isinstance(e, TokenEvent)]
+    # The long prompt went in as chunks of at most 8 tokens, each followed by a step
+    # of the running row; the last chunk's pass also gave the joiner its first token.
+    chunks = [i for i, shape in enumerate(model.passes) if shape[1] > 1][1:]  # not the first
+    assert [model.passes[i] for i in chunks] == [(1, 8)] * 4 + [(1, 5)]
+    for a, b in zip(chunks, chunks[1:], strict=False):
+        assert model.passes[a + 1 : b] == [(1, 1)]
+    assert model.passes[chunks[-1] + 1] == (2, 1)  # then both rows step together
+    # And each generated what it generates alone.
+    solo = _solo(model._model, LONG, 2)
+    assert joined == [int(logits.argmax()) for logits in solo]
+    alone = _solo(model._model, SHORT, 39)
+    assert running_tokens == [int(logits.argmax()) for logits in alone][1:]  # after the first
+    assert worker.stats()["prefills"] == 2
+
+
+def test_an_idle_worker_still_prefills_a_burst_in_one_pass(model_root, workers):
+    model = _Recording(AutoModelForCausalLM.from_pretrained(model_root / "tiny-gpt2").eval())
+    worker = ModelWorker(model, _Numbers(), frozenset(), 8, 16, prefill_chunk=4)
+    workers.append(worker)
+    gate = threading.Event()
+    blocker = ModelTask(lambda model, tokenizer: gate.wait(10))
+    worker.submit(blocker)
+    jobs = [GenerationJob(p, SamplingParams(2, temperature=0)) for p in (LONG, SHORT, LONG[:9])]
+    for job in jobs:
+        worker.submit(job)
+    gate.set()
+    blocker.result()
+    for job in jobs:
+        assert len(_tokens(job)) == 2
+    assert model.passes[0] == (3, len(LONG))  # nobody was running: no reason to chunk
+
+
+TOKENIZER = LetterTokenizer()
+
+
+def _ids(text: str) -> list[int]:
+    return TOKENIZER.encode(text)
+
+
+def test_a_failed_chunk_ends_only_the_joining_request(workers):
+    long = "abcdefgh" * 3
+    lm = ScriptedLM({tuple(_ids("ha")): list(_ids("bbbbbbbbbbbb")), tuple(_ids(long)): [FAIL]})
+    worker = ModelWorker(lm, TOKENIZER, frozenset(), 8, 16, prefill_chunk=5)
+    workers.append(worker)
+    running = GenerationJob(_ids("ha"), SamplingParams(12, temperature=0))
+    worker.submit(running)
+    events = running.events(10)
+    next(events)
+    joining = GenerationJob(_ids(long), SamplingParams(4, temperature=0))
+    worker.submit(joining)
+    failed = [e for e in joining.events(10) if e is not None]
+    assert len(failed) == 1 and isinstance(failed[0], ErrorEvent)
+    rest = [e for e in events if e is not None]
+    assert "".join(e.text for e in rest if isinstance(e, TokenEvent)) == "b" * 11
+    assert isinstance(rest[-1], DoneEvent) and rest[-1].finish_reason == "length"
+
+
+def test_a_request_cancelled_while_its_prompt_goes_in_ends_cancelled():
+    lm = ScriptedLM({tuple(_ids("ha")): list(_ids("b" * 30))})
+    group = JobBatch(lm, PassCounters(), prefill_chunk=2)
+    running = GenerationJob(_ids("ha"), SamplingParams(30, temperature=0))
+    joining = GenerationJob(_ids("abcdefgh"), SamplingParams(4, temperature=0))
+    for job in (running, joining):
+        job.begin(TOKENIZER, frozenset(), torch.device("cpu"))
+    assert group.add([running]) == []
+    group.wait([joining])
+    for _ in range(2):  # two chunks of its prompt, two steps of the running row
+        assert group.prefill_waiting() == [] and group.step() == []
+    joining.cancel()
+    assert group.prefill_waiting() == [joining]
+    assert not group.waiting and group.jobs == [running] and len(group.batch) == 1
+    assert lm.passes == [1, 1, 1, 1, 1]  # the third chunk never ran
+    (done,) = [e for e in joining.events(1) if e is not None]
+    assert done.finish_reason == "cancelled" and done.generated_tokens == 0
+
+
+def test_the_pace_fits_the_chunk_in_about_two_steps():
+    pace = PrefillPace(chunk=128)
+    assert pace.budget() == 128  # nothing measured yet
+    pace.stepped(0.050)
+    pace.prefilled(64, 0.128)  # 2 ms a token (a CPU): 1.8 steps of 50 ms hold 45 tokens
+    assert pace.budget() == 45
+    pace.prefilled(512, 0.010)  # a GPU: the cap holds
+    assert pace.budget() == 128
+    pace.prefilled(1, 1.0)  # a token costs more than a step: still some progress
+    assert pace.budget() == PrefillPace.MIN_TOKENS
