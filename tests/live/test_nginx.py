@@ -437,7 +437,12 @@ def test_rolling_restart_under_load(replicas):
                 for e in front.access_log()
             )
 
-        time.sleep(6)
+        def finished_after(since: float) -> int:
+            with lock:
+                return sum(1 for r in results if r["start"] > since)
+
+        # Traffic flows on both replicas before the first restart: some finished requests.
+        wait_for(lambda: finished_after(began) >= 40, timeout=60, message="40 requests")
         for index, name in ((0, "A"), (1, "B")):
             events[f"{name} SIGTERM"] = time.monotonic()
             old = replicas.terminate(index)
@@ -455,8 +460,13 @@ def test_rolling_restart_under_load(replicas):
                 interval=0.2,
                 message=f"nginx to send requests to the new {name}",
             )
-            events[f"{name} in use"] = time.monotonic()
-            time.sleep(1)
+            events[f"{name} in use"] = in_use = time.monotonic()
+            # Both replicas serve again before the next restart: requests begun since finish.
+            wait_for(
+                functools.partial(lambda since: finished_after(since) >= 8, in_use),
+                timeout=30,
+                message="8 more requests",
+            )
         stop_at[0] = max(began + 30, time.monotonic() + 2)
         for thread in threads:
             thread.join(timeout=90)

@@ -9,23 +9,15 @@ from transformers import AutoModelForCausalLM
 from app.engine.attention import HeadSelection
 from app.engine.batch import DecodeBatch
 from tests.support.tiny_models import MODEL_IDS
+from tests.unit.engine.conftest import solo_logits
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15], [16, 17, 18, 19, 20]]
-
-
-def _alone(model, prompt, steps):
-    """Greedy logits of one sequence decoded by itself."""
-    batch = DecodeBatch(model)
-    logits = [batch.prefill([prompt], [None]).logits[0]]
-    for _ in range(steps):
-        logits.append(batch.step([int(logits[-1].argmax())]).logits[0])
-    return logits
 
 
 @pytest.mark.parametrize("model_id", MODEL_IDS)
 def test_rows_match_their_solo_run_through_joins_and_leaves(model_root, model_id):
     model = AutoModelForCausalLM.from_pretrained(model_root / model_id).eval()
-    solo = [_alone(model, prompt, 8) for prompt in PROMPTS]
+    solo = [solo_logits(model, prompt, 8) for prompt in PROMPTS]
     batch = DecodeBatch(model)
     rows = []  # (prompt index, step index within that prompt's run)
     tokens = []
@@ -73,7 +65,7 @@ def test_watched_rows_get_their_own_attention(model_root):
 @pytest.mark.parametrize("model_id", MODEL_IDS)
 def test_prompts_prefilled_together_match_their_solo_runs(model_root, model_id):
     model = AutoModelForCausalLM.from_pretrained(model_root / model_id).eval()
-    solo = [_alone(model, prompt, 4) for prompt in PROMPTS]
+    solo = [solo_logits(model, prompt, 4) for prompt in PROMPTS]
     batch = DecodeBatch(model)
     first = batch.prefill(PROMPTS[:2], [None, None])  # two arrive together...
     second = batch.prefill(PROMPTS[2:], [None, None])  # ...then two more, one longer
@@ -112,7 +104,7 @@ def sliding_root(tmp_path_factory):
 
 def test_sliding_window_rows_prefilled_together_match_their_solo_runs(sliding_root):
     model = AutoModelForCausalLM.from_pretrained(sliding_root / "tiny-mistral").eval()
-    solo = [_alone(model, prompt, 6) for prompt in PROMPTS[:2]]
+    solo = [solo_logits(model, prompt, 6) for prompt in PROMPTS[:2]]
     batch = DecodeBatch(model)
     logits = batch.prefill(PROMPTS[:2], [None, None]).logits
     assert not batch.mergeable  # later arrivals get a batch of their own

@@ -16,25 +16,17 @@ from app.engine.events import TokenEvent
 from app.engine.rows import JobBatch, PassCounters, PrefillPace
 from tests.support.scripted import FAIL, LetterTokenizer, ScriptedLM
 from tests.support.tiny_models import MODEL_IDS
+from tests.unit.engine.conftest import solo_logits
 
 LONG = [(7 * i + 3) % 90 + 5 for i in range(37)]
 SHORT = [5, 6, 7]
-
-
-def _solo(model, prompt, steps):
-    """Greedy logits of one sequence prefilled in one piece and decoded alone."""
-    batch = DecodeBatch(model)
-    logits = [batch.prefill([prompt], [None]).logits[0]]
-    for _ in range(steps):
-        logits.append(batch.step([int(logits[-1].argmax())]).logits[0])
-    return logits
 
 
 @pytest.mark.parametrize("model_id", MODEL_IDS)
 @pytest.mark.parametrize("chunk", [1, 5, 16, 36])
 def test_a_chunked_prefill_matches_a_one_piece_prefill(model_root, model_id, chunk):
     model = AutoModelForCausalLM.from_pretrained(model_root / model_id).eval()
-    solo = _solo(model, LONG, 4)
+    solo = solo_logits(model, LONG, 4)
     prefill = ChunkedPrefill(model, LONG, None)
     passes = 0
     step = None
@@ -45,7 +37,7 @@ def test_a_chunked_prefill_matches_a_one_piece_prefill(model_root, model_id, chu
     torch.testing.assert_close(step.logits[0], solo[0], atol=1e-4, rtol=0)
     # Joined to a batch whose rows are shorter and longer, it decodes as it would alone.
     other = [*SHORT, *LONG, 9]
-    other_solo = _solo(model, other, 5)
+    other_solo = solo_logits(model, other, 5)
     batch = DecodeBatch(model)
     first = batch.prefill([other], [None]).logits[0]
     tokens = [int(batch.step([int(first.argmax())]).logits[0].argmax())]
@@ -102,15 +94,6 @@ def _tokens(job: GenerationJob) -> list[int]:
     return [e.token_id for e in job.events(10) if isinstance(e, TokenEvent)]
 
 
-@pytest.fixture
-def workers():
-    started = []
-    yield started
-    for worker in started:
-        worker.close(cancel=True)
-        assert worker.join(10)
-
-
 @pytest.mark.parametrize("model_id", MODEL_IDS)
 def test_running_rows_keep_stepping_while_a_long_prompt_joins(model_root, model_id, workers):
     model = _Recording(AutoModelForCausalLM.from_pretrained(model_root / model_id).eval())
@@ -133,9 +116,9 @@ def test_running_rows_keep_stepping_while_a_long_prompt_joins(model_root, model_
         assert model.passes[a + 1 : b] == [(1, 1)]
     assert model.passes[chunks[-1] + 1] == (2, 1)  # then both rows step together
     # And each generated what it generates alone.
-    solo = _solo(model._model, LONG, 2)
+    solo = solo_logits(model._model, LONG, 2)
     assert joined == [int(logits.argmax()) for logits in solo]
-    alone = _solo(model._model, SHORT, 39)
+    alone = solo_logits(model._model, SHORT, 39)
     assert running_tokens == [int(logits.argmax()) for logits in alone][1:]  # after the first
     assert worker.stats()["prefills"] == 2
 

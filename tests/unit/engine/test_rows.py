@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 from app.engine import DoneEvent, ErrorEvent, GenerationJob, ModelTask, ModelWorker, SamplingParams
 from tests.support.scripted import FAIL, LetterTokenizer, ScriptedLM
 
@@ -35,15 +33,6 @@ def run_together(lm: ScriptedLM, prompts: list[str], params=GREEDY):
 
 def text(events) -> str:
     return "".join(e.text for e in events if not isinstance(e, ErrorEvent))
-
-
-@pytest.fixture
-def workers():
-    started = []
-    yield started
-    for worker in started:
-        worker.close(cancel=True)
-        assert worker.join(10)
 
 
 def test_a_failure_mid_batch_ends_only_that_request(workers):
