@@ -55,6 +55,15 @@ class Usage(_Out):
     total_tokens: int
 
 
+class _Envelope(_Out):
+    """What every answer and stream chunk has around its choices."""
+
+    id: str = Field(description="One id per request: every chunk of a stream has it.")
+    created: int = Field(description="Unix time of the request.")
+    model: str
+    system_fingerprint: None = None
+
+
 class CompletionLogprobs(_Out):
     """Per token of a choice's text: its text, logprob, alternatives and character offset."""
 
@@ -73,16 +82,12 @@ class CompletionChoice(_Out):
     finish_reason: Literal["stop", "length"] | None
 
 
-class Completion(_Out):
+class Completion(_Envelope):
     """POST /v1/completions, and each chunk of its stream."""
 
-    id: str
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
-    system_fingerprint: None = None
 
 
 class TopLogprob(_Out):
@@ -123,16 +128,12 @@ class ChatChoice(_Out):
     finish_reason: Literal["stop", "length"]
 
 
-class ChatCompletion(_Out):
+class ChatCompletion(_Envelope):
     """POST /v1/chat/completions."""
 
-    id: str
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatChoice]
     usage: Usage
-    system_fingerprint: None = None
 
 
 class ChatDelta(_Out):
@@ -151,13 +152,9 @@ class ChatChunkChoice(_Out):
     finish_reason: Literal["stop", "length"] | None = None
 
 
-class ChatCompletionChunk(_Out):
+class ChatCompletionChunk(_Envelope):
     """One `data:` event of a chat completion stream."""
 
-    id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
-    system_fingerprint: None = None
