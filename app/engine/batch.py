@@ -6,18 +6,16 @@ keep each row's own positions, so a row computes what it would compute alone
 (up to floating-point noise from different matrix shapes). Sequences that
 arrive together are prefilled together, then merged in; a finished one is cut
 out at once. A long prompt that joins running rows can instead be prefilled a
-chunk at a time into a cache of its own (`ChunkedPrefill`), between the
-running rows' steps, and merged in once complete.
+chunk at a time into a cache of its own (`SoloSequence`), between the
+running rows' steps or packed into the same pass (app/engine/mixed.py).
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +23,11 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from app.engine.attention import HeadSelection, eager_attention
-from app.engine.contract import CausalLM, ForwardOutput
+from app.engine.contract import CausalLM, ForwardOutput, cache_keyword
+from app.engine.kvcache import GrowingLayer, growing_cache, headroom, stack_left_padded
+from app.engine.mixed import Part, Rows, mixed_forward, padded_mask
+
+_MERGEABLE = (DynamicLayer, GrowingLayer)  # full-attention layers; sliding windows cannot merge
 
 
 @dataclass
@@ -50,11 +52,14 @@ class DecodeBatch:
         return len(self._lengths)
 
     @property
+    def width(self) -> int:
+        """Columns of the left-padded cache (the longest row's length)."""
+        return 0 if self._mask is None else self._mask.shape[1]
+
+    @property
     def mergeable(self) -> bool:
         """Whether rows can be added to this cache (sliding-window caches cannot)."""
-        return self._cache is None or all(
-            type(layer) is DynamicLayer for layer in self._cache.layers
-        )
+        return self._cache is None or all(type(layer) in _MERGEABLE for layer in self._cache.layers)
 
     @torch.inference_mode()
     def prefill(
@@ -71,7 +76,7 @@ class DecodeBatch:
             mask[row, width - len(prompt) :] = 1
         padded = min(lengths) < width
         positions = (mask.cumsum(-1) - 1).clamp_min(0) if padded else None
-        cache = DynamicCache(config=self._model.config)
+        cache = growing_cache(self._model)
         watched = any(w is not None for w in watches)
         # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
         out = self._forward(ids, cache, mask if padded else None, positions, watched)
@@ -104,6 +109,29 @@ class DecodeBatch:
             for row, watch in enumerate(self.watches)
         ]
         return Step(out.logits[:, -1].float(), attention)
+
+    def mixed_step(self, tokens: Sequence[int], parts: Sequence[Part]) -> tuple[Step, torch.Tensor]:
+        """`step`, with other sequences' parts in the same forward pass (app/engine/mixed.py).
+
+        Returns the rows' Step (no rows when the batch is empty; no attention) and the
+        logits [parts that want them, vocab]. On an exception the rows' cache is rolled
+        back; the parts' owners roll back their own.
+        """
+        rows, columns = None, []
+        if len(self):
+            rows = Rows(self._cache, list(tokens), list(self._lengths), padded_mask(self._mask))
+            columns = [_columns(layer) for layer in self._cache.layers]
+        try:
+            logits = mixed_forward(self._model, rows, parts)
+        except Exception:
+            if rows is not None:
+                self._roll_back(columns)
+            raise
+        if rows is not None:
+            self._mask = rows.mask
+            self._lengths = [n + 1 for n in self._lengths]
+        count = len(rows.tokens) if rows is not None else 0
+        return Step(logits[:count], [None] * count), logits[count:]
 
     def split(self) -> list[DecodeBatch]:
         """One batch per row, each with its own copy of that row's cache."""
@@ -139,15 +167,12 @@ class DecodeBatch:
         if first:
             self._mask = self._mask[:, first:]
             for layer in self._cache.layers:
-                layer.keys = layer.keys[..., first:, :]
-                layer.values = layer.values[..., first:, :]
+                layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
 
     def _roll_back(self, columns: list[int]) -> None:
         # A failed pass may have appended this step's keys and values to some layers.
         for layer, width in zip(self._cache.layers, columns, strict=True):
-            if width is not None:
-                layer.keys = layer.keys[..., :width, :]
-                layer.values = layer.values[..., :width, :]
+            _truncate(layer, width)
 
     def _merge(self, cache: DynamicCache, mask: torch.Tensor, lengths, watches) -> None:
         if self._cache is None:
@@ -157,8 +182,7 @@ class DecodeBatch:
             grow, pad = max(new_width - width, 0), max(width - new_width, 0)
             self._mask = torch.cat([F.pad(self._mask, (grow, 0)), F.pad(mask, (pad, 0))])
             for old, new in zip(self._cache.layers, cache.layers, strict=True):
-                old.keys = _stack_left_padded(old.keys, new.keys)
-                old.values = _stack_left_padded(old.values, new.values)
+                stack_left_padded(old, new)
         self._lengths += list(lengths)
         self.watches += list(watches)
 
@@ -166,31 +190,52 @@ class DecodeBatch:
         return _forward(self._model, ids, cache, mask, positions, watched)
 
 
-class ChunkedPrefill:
-    """One prompt fed into a KV cache of its own, `advance(tokens)` tokens at a time.
+class SoloSequence:
+    """A sequence with a KV cache of its own (a batch of one), outside a DecodeBatch.
 
-    Each chunk attends to the chunks before it through the cache, so the result is
-    what a one-piece prefill computes (up to floating-point noise); the running
-    rows take a decoding step between two chunks instead of waiting for the whole
-    prompt. Once `advance` returns the last position's logits, `join` adds the
-    sequence to a batch as its last row.
+    A prompt that joins running rows goes in a chunk at a time: each chunk attends
+    to the chunks before it through the cache, so the result is what a one-piece
+    prefill computes (up to floating-point noise), and the rows take a step between
+    two chunks (or in the same pass, app/engine/mixed.py) instead of waiting for the
+    whole prompt. Once the prompt is in, the sequence either joins a batch as its
+    last row (`join`) or, in mixed passes, goes on decoding here, one token a pass:
+    a long sequence merged into short rows would widen all their caches to its length.
     """
 
     def __init__(self, model: CausalLM, prompt: Sequence[int], watch: HeadSelection | None):
         self._model = model
         self._prompt = list(prompt)
-        self._watch = watch
-        self._cache = DynamicCache(config=model.config)
-        self.done = 0  # prompt tokens in the cache
+        self.watch = watch
+        self.cache = growing_cache(model, reserve=headroom(len(self._prompt)))
+        self.done = 0  # tokens in the cache: the prompt's, then generated ones
+        self.passes_left: int | None = None  # planned at its first chunk (JobBatch)
 
     @property
     def remaining(self) -> int:
         """Prompt tokens not yet prefilled."""
-        return len(self._prompt) - self.done
+        return max(len(self._prompt) - self.done, 0)
+
+    def part(self, budget: int, last_token: int | None) -> Part:
+        """Its share of a mixed pass: up to `budget` prompt tokens, or, once the prompt
+        is in, its latest generated token."""
+        if self.remaining:
+            end = min(self.done + max(budget, 1), len(self._prompt))
+            last = end == len(self._prompt)
+            return Part(self.cache, self._prompt[self.done : end], self.done, last)
+        return Part(self.cache, [last_token], self.done, True)
+
+    def fed(self, part: Part) -> None:
+        """A mixed pass has put `part`'s tokens in the cache."""
+        self.done += len(part.tokens)
+
+    def roll_back(self) -> None:
+        """Cut columns a failed pass may have added."""
+        for layer in self.cache.layers:
+            _truncate(layer, min(_columns(layer) or 0, self.done))
 
     @torch.inference_mode()
     def advance(self, tokens: int) -> Step | None:
-        """Prefill the next `tokens` prompt tokens (one forward pass); the Step once complete."""
+        """Prefill the next `tokens` prompt tokens in a pass of their own; the Step once done."""
         start, end = self.done, min(self.done + max(tokens, 1), len(self._prompt))
         device = self._model.device
         ids = torch.tensor([self._prompt[start:end]], device=device)
@@ -203,23 +248,23 @@ class ChunkedPrefill:
                 ids,
                 position_ids=positions,
                 use_cache=True,
-                **{_cache_argument(type(decoder)): self._cache},
+                **{cache_keyword(type(decoder)): self.cache},
             )
             self.done = end
             return None
-        watched = last and self._watch is not None  # only the last query's attention is reported
-        out = _forward(self._model, ids, self._cache, None, positions, watched)
+        watched = last and self.watch is not None  # only the last query's attention is reported
+        out = _forward(self._model, ids, self.cache, None, positions, watched)
         self.done = end
         if not last:
             return None
-        attention = [_last_rows(out.attentions, self._watch, 0, end) if watched else None]
+        attention = [_last_rows(out.attentions, self.watch, 0, end) if watched else None]
         return Step(out.logits[:, -1].float(), attention)
 
     def join(self, batch: DecodeBatch) -> None:
-        """Add the complete sequence to `batch` as its last row (its cache is handed over)."""
-        mask = torch.ones((1, len(self._prompt)), dtype=torch.long, device=self._model.device)
-        batch._merge(self._cache, mask, [len(self._prompt)], [self._watch])
-        self._cache = None
+        """Add the sequence to `batch` as its last row (its cache is handed over)."""
+        mask = torch.ones((1, self.done), dtype=torch.long, device=self._model.device)
+        batch._merge(self.cache, mask, [self.done], [self.watch])
+        self.cache = None
 
 
 def _forward(model: CausalLM, ids, cache, mask, positions, watched: bool) -> ForwardOutput:
@@ -232,7 +277,7 @@ def _forward(model: CausalLM, ids, cache, mask, positions, watched: bool) -> For
             use_cache=True,
             logits_to_keep=1,
             output_attentions=watched,
-            **{_cache_argument(type(model)): cache},
+            **{cache_keyword(type(model)): cache},
         )
 
 
@@ -247,17 +292,14 @@ def _columns(layer) -> int | None:
     return None if keys is None else keys.shape[-2]
 
 
-def _stack_left_padded(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """Rows of both [rows, heads, columns, head_dim] caches, left-padded to the wider one.
-
-    One allocation and one copy of each: merging a long prompt into a batch widens every
-    row's cache, so this copy sits on a running stream's gap.
-    """
-    rows, columns = first.shape[0] + second.shape[0], max(first.shape[2], second.shape[2])
-    out = first.new_zeros((rows, first.shape[1], columns, first.shape[3]))
-    out[: first.shape[0], :, columns - first.shape[2] :] = first
-    out[first.shape[0] :, :, columns - second.shape[2] :] = second
-    return out
+def _truncate(layer, width: int | None) -> None:
+    """Cut a layer's cache back to `width` columns (None: it was never filled)."""
+    if width is None:
+        return
+    if isinstance(layer, GrowingLayer):
+        layer.truncate(width)
+    else:
+        layer.keys, layer.values = layer.keys[..., :width, :], layer.values[..., :width, :]
 
 
 def _last_rows(attentions, watch: HeadSelection, row: int, keys: int) -> torch.Tensor:
@@ -267,10 +309,3 @@ def _last_rows(attentions, watch: HeadSelection, row: int, keys: int) -> torch.T
         weights = attentions[layer][row, :, -1, -keys:]  # rows are left-padded
         picked.append(weights if watch.heads is None else weights[list(watch.heads)])
     return torch.stack(picked).float()
-
-
-@cache
-def _cache_argument(model_class: type) -> str:
-    # transformers 5.2x renamed `past_key_values` to `cache`; older model code keeps the old name.
-    parameters = inspect.signature(model_class.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"

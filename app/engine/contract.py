@@ -8,7 +8,9 @@ of the tests.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from functools import cache
 from typing import Any, Protocol
 
 import torch
@@ -26,9 +28,9 @@ class CausalLM(Protocol):
 
     The call takes `input_ids` [rows, positions], `attention_mask` [rows, columns]
     (or None), `position_ids` [rows, positions] (or None), `use_cache=True`,
-    `logits_to_keep=1`, `output_attentions`, and the KV cache (a `DynamicCache`)
-    by the keyword the model class names (`cache` or `past_key_values`); it
-    appends this pass's keys and values to that cache.
+    `logits_to_keep` (a count, or the positions to keep), `output_attentions`, and
+    the KV cache (a `DynamicCache`) by the keyword the model class names (`cache` or
+    `past_key_values`); it appends this pass's keys and values to that cache.
     """
 
     device: torch.device
@@ -52,3 +54,13 @@ class Tokenizer(Protocol):
     ) -> str: ...
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]: ...
+
+
+@cache
+def cache_keyword(model_class: type) -> str:
+    """The keyword a model's forward takes its KV cache by.
+
+    transformers 5.2x renamed `past_key_values` to `cache`; older model code keeps the old name.
+    """
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"

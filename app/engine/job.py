@@ -118,8 +118,14 @@ class GenerationJob:
         """Close a job whose reader went away (or that was ended at shutdown)."""
         self._finish(self.cancel_reason)
 
+    @property
+    def ended(self) -> bool:
+        """Whether the job has posted its last event (done, or an error)."""
+        return "finished" in self._times
+
     def fail(self, message: str) -> None:
         """Report a failure to the waiting handler."""
+        self._times["finished"] = time.perf_counter()
         self._mailbox.put(ErrorEvent(message))
 
     def _alternatives(self, choice: Choice) -> tuple[Alternative, ...]:

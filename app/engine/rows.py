@@ -10,18 +10,23 @@ of memory at a large batch) never ends its batch-mates' generations.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from app.engine.batch import ChunkedPrefill, DecodeBatch, Step
+from app.engine.batch import DecodeBatch, SoloSequence, Step
 from app.engine.contract import CausalLM
 from app.engine.job import GenerationJob
+from app.engine.kvcache import full_attention
+from app.engine.mixed import supports
 from app.engine.sampling import BatchSampler
 
 log = logging.getLogger(__name__)
+
+_WHOLE = 1 << 30  # a budget for a whole prompt
 
 
 @dataclass
@@ -33,61 +38,106 @@ class PassCounters:
 
 
 class PrefillPace:
-    """How many prompt tokens to prefill between two decoding steps of running rows.
+    """How much prompt to prefill in one round of running rows.
 
-    At most `chunk`, and no more than fit in `STEPS` decoding steps' time, judged from
-    the latest step and the latest prefill's speed: a running stream's gap then stays
-    within about 1 + STEPS steps whatever the device (a step on a GPU costs as much as
-    hundreds of prompt tokens, on a CPU as much as a few dozen). On a device the
-    prefill keeps busy, the joiner's first token then comes after about
-    (1 + 1 / STEPS) times its solo prefill: STEPS trades one against the other.
+    Prompt work is counted in token-equivalents: a prompt token at position p costs
+    1 + p / K, where K (`keys_per_token`) is the number of keys whose attention costs
+    as much as the token's matrix products (see `keys_per_token`), so a chunk late in
+    a long prompt counts for what it costs. At most `chunk` tokens a round, and no
+    more work than costs `STEPS` decoding steps' time, judged from recent steps and
+    the marginal cost of prompt work in recent passes: a running stream's gap then
+    stays within about 1 + STEPS steps whatever the device (a step on a GPU costs as
+    much as hundreds of prompt tokens, on a CPU as much as a few dozen). In a mixed
+    pass the chunk rides on the step; a chunk in a pass of its own also pays that
+    pass's fixed cost (about a step: reading the weights), so it gets a step less.
+    STEPS trades the running streams' largest gap against the joiner's first token.
     """
 
-    STEPS = 1.8
+    STEPS = 1.5
     MIN_TOKENS = 16  # progress even when a step is cheap next to a prompt token
 
-    def __init__(self, chunk: int) -> None:
+    def __init__(self, chunk: int, keys_per_token: float = math.inf) -> None:
         self.chunk = chunk
+        self._keys = keys_per_token
         self._step_s: float | None = None
-        self._token_s: float | None = None
+        self._work_s: float | None = None  # seconds per token-equivalent
 
-    def budget(self) -> int:
-        """Prompt tokens to prefill before the next step."""
-        if self._step_s is None or self._token_s is None:
-            return self.chunk
-        fit = int(self.STEPS * self._step_s / self._token_s)
-        return max(min(self.MIN_TOKENS, self.chunk), min(self.chunk, fit))
+    def work(self, start: int, tokens: int) -> float:
+        """Token-equivalents of prompt tokens start..start+tokens-1."""
+        return tokens * (1 + (start + tokens / 2) / self._keys)
+
+    def tokens(self, start: int, work: float) -> int:
+        """How many prompt tokens from `start` on make `work` (at most `chunk`, at least 1)."""
+        if math.isinf(self._keys):
+            fit = work
+        else:  # solve t * (1 + (start + t / 2) / K) = work for t
+            b = 1 + start / self._keys
+            fit = self._keys * (math.sqrt(b * b + 2 * work / self._keys) - b)
+        return max(1, min(self.chunk, math.ceil(fit - 1e-6)))
+
+    def budget(self, mixed: bool = True) -> float:
+        """Prompt work (token-equivalents) for the next round (in the step's pass if `mixed`)."""
+        if self._step_s is None or self._work_s is None:
+            return float(self.chunk)
+        steps = self.STEPS if mixed else self.STEPS - 1
+        return max(float(min(self.MIN_TOKENS, self.chunk)), steps * self._step_s / self._work_s)
 
     def stepped(self, seconds: float) -> None:
         """A decoding step of the running rows took this long."""
         self._step_s = seconds if self._step_s is None else 0.7 * self._step_s + 0.3 * seconds
 
-    def prefilled(self, tokens: int, seconds: float) -> None:
-        """A prefill pass over this many prompt tokens (padding included) took this long."""
-        self._token_s = seconds / max(tokens, 1)
+    def prefilled(self, work: float, seconds: float) -> None:
+        """A pass with this much prompt work (padding included), and a step's worth of
+        other work (the rows' step, or a pass's fixed cost), took this long."""
+        # What the prompt added: a pass of few tokens costs about a step however few they
+        # are, and charging that to them would ration the next chunks ever smaller.
+        # Before any step, the whole pass is charged to them: too much, so the first chunk
+        # is too small rather than too big.
+        work_s = max(seconds - (self._step_s or 0.0), 0.1 * seconds) / max(work, 1.0)
+        previous = self._work_s
+        self._work_s = work_s if previous is None else 0.5 * previous + 0.5 * work_s
+
+
+def keys_per_token(model: CausalLM) -> float:
+    """Keys whose attention costs a query token as much as its matrix products (K).
+
+    A token's matrix products cost about 2 FLOPs per non-embedding parameter; attending
+    to one key costs 4 per layer and hidden unit (scores and weighted values, every query
+    head). Infinite, so that positions cost nothing extra, for a model that does not say.
+    """
+    try:
+        params = model.num_parameters(exclude_embeddings=True)
+        config = model.config
+        return params / (2 * config.num_hidden_layers * config.hidden_size)
+    except (AttributeError, TypeError, ZeroDivisionError):
+        return math.inf
 
 
 class JobBatch:
-    """Jobs decoded together: `jobs[i]` owns row i of `batch`.
+    """Jobs decoded together: `jobs[i]` owns row i of `batch`; `solos` decode beside it.
 
-    Jobs that join rows already decoding `wait` and are prefilled by `prefill_waiting`,
-    a few prompt tokens between two steps (see PrefillPace): short prompts together
-    in one pass, a long one a chunk at a time. `add`, `prefill_waiting` and `step` return
-    the jobs that ended (finished, cancelled or failed); they have already left the
-    batch, and the caller retires them.
+    Jobs that join rows already decoding `wait`, then are prefilled into a
+    SoloSequence each, PrefillPace's budget of prompt tokens a round. Where the model
+    allows (SDPA, full attention) and no attention is watched, a round is one mixed
+    pass (app/engine/mixed.py): the rows' step, the prompts' chunks and the decoding
+    solos' next tokens together; a solo becomes a row once that is cheap (it is no
+    longer than the rows, or there are none) and meanwhile decodes beside them.
+    Otherwise a round is the chunks' own passes, then the rows' step, and a solo
+    becomes a row as soon as its prompt is in. `add` and `advance` return the jobs
+    that ended (finished, cancelled or failed); they have already left, and the
+    caller retires them.
     """
 
     def __init__(self, model: CausalLM, counters: PassCounters, prefill_chunk: int = 128) -> None:
         self._model = model
         self._counters = counters
-        self.pace = PrefillPace(prefill_chunk)
+        self.pace = PrefillPace(prefill_chunk, keys_per_token(model))
         self.batch = DecodeBatch(model)
         self.jobs: list[GenerationJob] = []
         self.waiting: list[GenerationJob] = []  # to prefill, in arrival order
-        self._partial: tuple[GenerationJob, ChunkedPrefill] | None = None  # a prompt half in
-        self._joined: list[tuple[GenerationJob, ChunkedPrefill]] = []  # prefilled, not yet rows
-        self._cancelled_early: list[GenerationJob] = []
+        self.solos: list[tuple[GenerationJob, SoloSequence]] = []  # in arrival order
         self._sampler = BatchSampler()  # keeps per-row parameter tensors while the rows stay
+        self._can_mix = supports(model) and full_attention(model)
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -97,15 +147,25 @@ class JobBatch:
         """Whether new rows can join (see DecodeBatch.mergeable)."""
         return self.batch.mergeable
 
+    @property
+    def members(self) -> list[GenerationJob]:
+        """Every job of the group: rows, solos and waiting."""
+        return [*self.jobs, *(job for job, _ in self.solos), *self.waiting]
+
+    @property
+    def busy(self) -> bool:
+        """Whether any job is decoding or waiting to."""
+        return bool(self.jobs or self.waiting or self.solos)
+
     def add(self, jobs: Sequence[GenerationJob]) -> list[GenerationJob]:
         """Prefill `jobs` together and make them rows; a failed prefill is retried per job."""
         started = time.perf_counter()
         try:
             step = self.batch.prefill([j.prompt_ids for j in jobs], [j.watch for j in jobs])
-            self.pace.prefilled(_cost(jobs), time.perf_counter() - started)
+            self.pace.prefilled(self._work(jobs), time.perf_counter() - started)
         except Exception as exc:  # the prefill never touched the running rows' cache
             if len(jobs) == 1:
-                _fail(jobs[0], exc)
+                fail(jobs[0], exc)
                 return list(jobs)
             log.warning(
                 "a prefill of %d prompts failed (%s); prefilling each alone", len(jobs), exc
@@ -116,107 +176,205 @@ class JobBatch:
         self.jobs += jobs
         return self._take(step, first)
 
-    @property
-    def busy(self) -> bool:
-        """Whether any job is decoding or waiting to join."""
-        return bool(self.jobs or self.waiting or self._partial or self._joined)
-
     def wait(self, jobs: Sequence[GenerationJob]) -> None:
-        """Queue jobs to join the running rows (see `prefill_waiting`)."""
+        """Queue jobs to join the running rows (see `advance`)."""
         self.waiting += jobs
 
-    def prefill_waiting(self) -> list[GenerationJob]:
-        """Prefill waiting jobs: PrefillPace's budget of tokens while rows are decoding,
-        everything when none is. A job joins the rows once its whole prompt is in."""
+    def advance(self) -> list[GenerationJob]:
+        """One round: some of the joining prompts, and one token for every decoding job."""
         ended = self._drop_cancelled()
-        budget = self.pace.budget() if self.jobs else float("inf")
-        while budget > 0 and (self._partial or self.waiting):
-            if self._partial is None:
+        if self._mixing():
+            return ended + self._mixed_round()
+        return ended + self._prefill_alone() + self._step()
+
+    def _mixing(self) -> bool:
+        jobs = [*self.jobs, *self.waiting, *(job for job, _ in self.solos)]
+        return self._can_mix and all(job.watch is None for job in jobs)
+
+    # -- a round in one mixed pass --
+
+    def _mixed_round(self) -> list[GenerationJob]:
+        self._make_rows(cheap_only=True)
+        feeding = [(job, solo, solo.part(0, job.last_token)) for job, solo in self._decoding()]
+        # With nothing decoding there is no one to keep waiting: the prompts go in whole.
+        budget = self.pace.budget() if self.jobs or feeding else _WHOLE
+        for job, solo in self._prefilling(budget):
+            part = solo.part(self._chunk(solo, budget), None)
+            budget -= self.pace.work(part.start, len(part.tokens))
+            feeding.append((job, solo, part))
+        if not self.jobs and not feeding:
+            return []
+        started = time.perf_counter()
+        try:
+            step, logits = self.batch.mixed_step(
+                [job.last_token for job in self.jobs], [part for _, _, part in feeding]
+            )
+        except Exception as exc:  # nothing was kept: run the round's passes apart instead
+            for _, solo, _ in feeding:
+                solo.roll_back()
+            log.warning("a mixed pass failed (%s); running its parts alone", exc)
+            return self._prefill_alone() + self._step()
+        seconds = time.perf_counter() - started
+        prompt = [part for _, solo, part in feeding if solo.remaining]
+        if prompt:
+            work = sum(self.pace.work(part.start, len(part.tokens)) for part in prompt)
+            self.pace.prefilled(work, seconds)
+        else:
+            self.pace.stepped(seconds)
+        if self.jobs or any(not solo.remaining for _, solo, _ in feeding):
+            self._counters.decode_steps += 1
+        ended = self._take(step, 0)
+        given = iter(logits)
+        for job, solo, part in feeding:
+            prompt = solo.remaining > 0
+            solo.fed(part)
+            if not part.wants_logits:
+                continue
+            if prompt:
+                self._counters.prefills += 1
+            if not self._take_solo(job, next(given), None):
+                self.solos.remove((job, solo))
+                ended.append(job)
+        return ended
+
+    def _prefilling(self, budget: float) -> list[tuple[GenerationJob, SoloSequence]]:
+        """The solos whose prompts go in this round (waiting jobs become solos)."""
+        chosen = []
+        for job, solo in self.solos:
+            if budget <= 0:
+                return chosen
+            if solo.remaining:
+                chosen.append((job, solo))
+                budget -= self.pace.work(solo.done, solo.remaining)
+        while budget > 0 and self.waiting:
+            job = self.waiting.pop(0)
+            solo = SoloSequence(self._model, job.prompt_ids, job.watch)
+            self.solos.append((job, solo))
+            chosen.append((job, solo))
+            budget -= self.pace.work(0, solo.remaining)
+        return chosen
+
+    def _chunk(self, solo: SoloSequence, budget: float) -> int:
+        """Prompt tokens for this pass: a prompt's passes are counted at its first chunk and
+        share its work about equally. 900 tokens at 128 a pass go in as 8 of about 113, not
+        7 of 128 and a last one of 4 (a pass that costs the running streams a step and the
+        joiner almost nothing). Should the plan's share stray more than a fifth from the
+        budget, which follows the device, the rest is counted again."""
+        remaining = self.pace.work(solo.done, solo.remaining)
+        budget = max(min(budget, self.pace.work(solo.done, self.pace.chunk)), 1.0)
+        if solo.passes_left is None:
+            solo.passes_left = math.ceil(remaining / budget)
+        share = remaining / max(solo.passes_left, 1)
+        if not 0.8 * budget <= share <= 1.2 * budget and remaining > budget:
+            solo.passes_left = math.ceil(remaining / budget)
+            share = remaining / solo.passes_left
+        solo.passes_left -= 1
+        return self.pace.tokens(solo.done, share)
+
+    def _work(self, jobs: Sequence[GenerationJob]) -> float:
+        """The prompt work of prefilling these jobs together (left-padded to the longest)."""
+        return len(jobs) * self.pace.work(0, max(len(job.prompt_ids) for job in jobs))
+
+    def _decoding(self) -> list[tuple[GenerationJob, SoloSequence]]:
+        return [(job, solo) for job, solo in self.solos if not solo.remaining]
+
+    def _make_rows(self, cheap_only: bool) -> None:
+        """Solos whose prompts are in become rows: all of them, or those that widen no row's
+        cache (a copy of the whole batch), taking the place of an empty batch first."""
+        for job, solo in self._decoding():
+            if cheap_only and len(self.batch) and solo.done > self.batch.width:
+                continue
+            self.solos.remove((job, solo))
+            solo.join(self.batch)
+            self.jobs.append(job)
+
+    # -- a round in passes of their own --
+
+    def _prefill_alone(self) -> list[GenerationJob]:
+        """Prefill waiting prompts, each pass apart from the rows' step: PrefillPace's budget
+        of work while anything decodes, everything when nothing does."""
+        ended = []
+        decoding = self.jobs or self._decoding()
+        budget = self.pace.budget(mixed=False) if decoding else _WHOLE
+        while budget > 0:
+            partial = next(((j, s) for j, s in self.solos if s.remaining), None)
+            if partial is None:
+                if not self.waiting:
+                    break
                 # The longest run of waiting prompts that fits is prefilled in one pass. Short
                 # prompts may fill a whole chunk: a pass costs about a step however few its
                 # tokens, so rationing them below that would only add passes.
                 fits = max(budget, self.pace.chunk)
                 count = 0
-                while count < len(self.waiting) and _cost(self.waiting[: count + 1]) <= fits:
+                while count < len(self.waiting) and self._work(self.waiting[: count + 1]) <= fits:
                     count += 1
                 if count:
-                    budget -= _cost(self.waiting[:count])
+                    budget -= self._work(self.waiting[:count])
                     jobs, self.waiting = self.waiting[:count], self.waiting[count:]
                     ended += self.add(jobs)
                     continue
                 job = self.waiting.pop(0)  # too long for the budget: prefill it in chunks
-                self._partial = (job, ChunkedPrefill(self._model, job.prompt_ids, job.watch))
-            job, prefill = self._partial
-            tokens = int(min(budget, prefill.remaining))
-            budget -= tokens
+                partial = (job, SoloSequence(self._model, job.prompt_ids, job.watch))
+                self.solos.append(partial)
+            job, solo = partial
+            start, tokens = solo.done, min(self.pace.tokens(solo.done, budget), solo.remaining)
+            work = self.pace.work(start, tokens)
+            budget -= work
             started = time.perf_counter()
             try:
-                step = prefill.advance(tokens)
-                self.pace.prefilled(tokens, time.perf_counter() - started)
+                step = solo.advance(tokens)
+                self.pace.prefilled(work, time.perf_counter() - started)
             except Exception as exc:  # its own cache: the running rows are untouched
-                self._partial = None
-                _fail(job, exc)
+                self.solos.remove(partial)
+                fail(job, exc)
                 ended.append(job)
                 continue
             if step is not None:
-                self._partial = None
                 self._counters.prefills += 1
-                # Its first token now; it joins the rows' cache only before the next step,
-                # so that copying the cache into a wider one is not on this gap too.
-                if self._take_first(job, step):
-                    self._joined.append((job, prefill))
-                else:
+                # Its first token now; it becomes a row only before the next step, so that
+                # copying the cache into a wider one is not on this gap too.
+                if not self._take_solo(job, step.logits[0], step.attention[0]):
+                    self.solos.remove(partial)
                     ended.append(job)
         return ended
 
-    def _take_first(self, job: GenerationJob, step: Step) -> bool:
-        """A prefilled job's first token, before it is a row; False once it has ended."""
-        try:
-            (choice,) = BatchSampler().choose(step.logits, [job.sampler])
-        except Exception:
-            choice = None  # choose it alone, failing alone
-        return _take(job, step.logits[0], step.attention[0], choice)
-
-    def _merge_joined(self) -> None:
-        for job, prefill in self._joined:
-            if job.cancelled:  # never a row: end it here
-                job.end_cancelled()
-                self._cancelled_early.append(job)
-                continue
-            prefill.join(self.batch)
-            self.jobs.append(job)
-        self._joined = []
-
-    def _drop_cancelled(self) -> list[GenerationJob]:
-        ended = [job for job in self.waiting if job.cancelled]
-        if self._partial and self._partial[0].cancelled:
-            ended.append(self._partial[0])
-            self._partial = None
-        self.waiting = [job for job in self.waiting if not job.cancelled]
-        for job in ended:
-            job.end_cancelled()
-        return ended
-
-    def step(self) -> list[GenerationJob]:
-        """One forward pass for every row; prefilled jobs become rows first, cancelled rows
-        leave first."""
-        self._merge_joined()
-        ended, self._cancelled_early = self._cancelled_early, []
-        cancelled = [i for i, job in enumerate(self.jobs) if job.cancelled]
-        for i in cancelled:
-            self.jobs[i].end_cancelled()
-        ended += self._remove(cancelled)
+    def _step(self) -> list[GenerationJob]:
+        """One forward pass for every row; prefilled solos become rows first."""
+        self._make_rows(cheap_only=False)
         if not self.jobs:
-            return ended
+            return []
         started = time.perf_counter()
         try:
             step = self.batch.step([job.last_token for job in self.jobs])
         except Exception as exc:  # the batch has been rolled back to before this step
-            return ended + self._step_rows_alone(exc)
+            return self._step_rows_alone(exc)
         self._counters.decode_steps += 1
-        ended += self._take(step, 0)
+        ended = self._take(step, 0)
         self.pace.stepped(time.perf_counter() - started)  # the forward pass and the sampling
         return ended
+
+    # -- both --
+
+    def _drop_cancelled(self) -> list[GenerationJob]:
+        """End cancelled jobs, waiting, solo or rows, before the round's pass."""
+        ended = [job for job in self.waiting if job.cancelled]
+        self.waiting = [job for job in self.waiting if not job.cancelled]
+        ended += [job for job, _ in self.solos if job.cancelled]
+        self.solos = [(job, solo) for job, solo in self.solos if not job.cancelled]
+        for job in ended:
+            job.end_cancelled()
+        cancelled = [i for i, job in enumerate(self.jobs) if job.cancelled]
+        for i in cancelled:
+            self.jobs[i].end_cancelled()
+        return ended + self._remove(cancelled)
+
+    def _take_solo(self, job: GenerationJob, logits: torch.Tensor, attention) -> bool:
+        """A solo's next token (its first, after the prompt); False once it has ended."""
+        try:
+            (choice,) = BatchSampler().choose(logits[None], [job.sampler])
+        except Exception:
+            choice = None  # choose it alone, failing alone
+        return _take(job, logits, attention, choice)
 
     def _take(self, step: Step, first: int) -> list[GenerationJob]:
         """Give rows `first`.. their tokens (step row 0 is row `first`); drop the ended ones.
@@ -246,7 +404,7 @@ class JobBatch:
     def _step_rows_alone(self, exc: Exception) -> list[GenerationJob]:
         if len(self.jobs) == 1 or not self.batch.mergeable:
             for job in self.jobs:
-                _fail(job, exc)
+                fail(job, exc)
             return self._remove(list(range(len(self.jobs))))
         log.warning("a step of %d rows failed (%s); stepping each alone", len(self.jobs), exc)
         singles, jobs = self.batch.split(), self.jobs
@@ -256,7 +414,7 @@ class JobBatch:
             try:
                 step = single.step([job.last_token])
             except Exception as row_exc:
-                _fail(job, row_exc)
+                fail(job, row_exc)
                 ended.append(job)
                 continue
             self._counters.decode_steps += 1
@@ -277,24 +435,20 @@ class JobBatch:
         return ended
 
 
-def _cost(jobs: Sequence[GenerationJob]) -> int:
-    """Prompt tokens a prefill of these jobs together computes (left-padded to the longest)."""
-    return len(jobs) * max(len(job.prompt_ids) for job in jobs)
-
-
 def _take(job: GenerationJob, logits: torch.Tensor, attention, choice=None) -> bool:
     """Hand a row's logits (or its chosen token, or its sampling failure) to its job;
     False once the job has ended (a failure ends it)."""
     if isinstance(choice, Exception):
-        _fail(job, choice)
+        fail(job, choice)
         return False
     try:
         return job.take(logits, attention, choice)
     except Exception as exc:  # sampling or decoding this row failed: only this job ends
-        _fail(job, exc)
+        fail(job, exc)
         return False
 
 
-def _fail(job: GenerationJob, exc: Exception) -> None:
+def fail(job: GenerationJob, exc: Exception) -> None:
+    """End a job with an error event naming the exception (logged with its traceback)."""
     log.error("generation failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
     job.fail(f"generation failed: {type(exc).__name__}: {exc}")

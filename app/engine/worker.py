@@ -18,7 +18,7 @@ import torch
 
 from app.engine.contract import CausalLM, Tokenizer
 from app.engine.job import GenerationJob
-from app.engine.rows import JobBatch, PassCounters
+from app.engine.rows import JobBatch, PassCounters, fail
 from app.engine.threads import Mailbox, NativeQueue, native_lock, start_native_thread
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,10 @@ class ModelWorker:
             closing = self._admit() or closing
             self._run_tasks()
             for group in list(self._groups):
-                self._step(group)
+                try:
+                    self._step(group)
+                except Exception as exc:  # a fault of ours, outside any one pass: see _abandon
+                    self._abandon(group, exc)
         self._release()
         self._alive.release()
 
@@ -234,11 +237,16 @@ class ModelWorker:
         for job in jobs:
             if self._cancel_new:
                 job.cancel(self._cancel_new)
-            job.begin(self._tokenizer, self._eos_ids, self._model.device)
+            try:
+                job.begin(self._tokenizer, self._eos_ids, self._model.device)
+            except Exception as exc:  # this request's own setup failed: only it ends
+                fail(job, exc)
+                self._retire(job)
+                continue
             if job.cancelled:
                 job.end_cancelled()
                 self._retire(job)
-        jobs = [job for job in jobs if not job.cancelled]
+        jobs = [job for job in jobs if job in self._running and not job.cancelled]
         if not jobs:
             return
         group = next((g for g in self._groups if g.mergeable), None)
@@ -251,12 +259,20 @@ class ModelWorker:
             self._retire_all(group, group.add(jobs))
 
     def _step(self, group: JobBatch) -> None:
-        """Some of the joining prompts, then one forward pass for every row of the group;
-        retire the jobs that ended."""
-        ended = group.prefill_waiting()
-        if group.busy:
-            ended += group.step()
-        self._retire_all(group, ended)
+        """One round of the group (see JobBatch.advance); retire the jobs that ended."""
+        self._retire_all(group, group.advance())
+
+    def _abandon(self, group: JobBatch, exc: Exception) -> None:
+        """End a group whose round raised where no pass was to blame (a bug): its requests
+        end with the error instead of waiting forever, and the worker goes on serving."""
+        self._groups.remove(group)
+        others = {id(job) for g in self._groups for job in g.members}
+        orphans = [job for job in self._running if id(job) not in others]
+        log.error("a decoding round failed; ending its %d requests", len(orphans), exc_info=exc)
+        for job in orphans:  # its members, and any that ended in the round but were not retired
+            if not job.ended:
+                fail(job, exc)
+            self._retire(job)
 
     def _retire_all(self, group: JobBatch, ended: list[GenerationJob]) -> None:
         for job in ended:

@@ -1,5 +1,6 @@
 """Chunked prefill: a joining prompt, fed a chunk at a time, computes what a one-piece
-prefill computes, and the running rows keep stepping while it is fed."""
+prefill computes, and the running rows keep stepping while it is fed: in the same pass
+(mixed passes) where the model allows, else in turn."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from app.engine import DoneEvent, ErrorEvent, GenerationJob, ModelTask, ModelWorker, SamplingParams
 from app.engine.attention import HeadSelection
-from app.engine.batch import ChunkedPrefill, DecodeBatch
+from app.engine.batch import DecodeBatch, SoloSequence
 from app.engine.events import TokenEvent
 from app.engine.rows import JobBatch, PassCounters, PrefillPace
 from tests.support.scripted import FAIL, LetterTokenizer, ScriptedLM
@@ -27,7 +28,7 @@ SHORT = [5, 6, 7]
 def test_a_chunked_prefill_matches_a_one_piece_prefill(model_root, model_id, chunk):
     model = AutoModelForCausalLM.from_pretrained(model_root / model_id).eval()
     solo = solo_logits(model, LONG, 4)
-    prefill = ChunkedPrefill(model, LONG, None)
+    prefill = SoloSequence(model, LONG, None)
     passes = 0
     step = None
     while step is None:
@@ -54,7 +55,7 @@ def test_a_watched_prompt_gets_its_attention_from_the_last_chunk(model_root):
     model = AutoModelForCausalLM.from_pretrained(model_root / "tiny-llama").eval()
     watch = HeadSelection(layers=(0, 1), heads=(2,))
     whole = DecodeBatch(model).prefill([LONG], [watch])
-    prefill = ChunkedPrefill(model, LONG, watch)
+    prefill = SoloSequence(model, LONG, watch)
     while (step := prefill.advance(10)) is None:
         pass
     assert step.attention[0].shape == (2, 1, len(LONG))
@@ -62,7 +63,11 @@ def test_a_watched_prompt_gets_its_attention_from_the_last_chunk(model_root):
 
 
 class _Recording:
-    """A model wrapper that records each forward pass's input shape (rows, positions)."""
+    """A model wrapper that records each forward pass's input shape (rows, positions).
+
+    It is no transformers model, so the engine runs no mixed passes on it: chunks and
+    steps take turns, as on a model whose attention mixed passes do not support.
+    """
 
     def __init__(self, model) -> None:
         self._model = model
@@ -94,8 +99,54 @@ def _tokens(job: GenerationJob) -> list[int]:
     return [e.token_id for e in job.events(10) if isinstance(e, TokenEvent)]
 
 
+def _record_passes(model) -> list[tuple[int, int]]:
+    """Record the input shape of every pass through the model's decoder (mixed or not)."""
+    passes = []
+
+    def record(module, args, kwargs):
+        ids = args[0] if args else kwargs["input_ids"]
+        passes.append(tuple(ids.shape))
+
+    model.base_model.register_forward_pre_hook(record, with_kwargs=True)
+    return passes
+
+
 @pytest.mark.parametrize("model_id", MODEL_IDS)
-def test_running_rows_keep_stepping_while_a_long_prompt_joins(model_root, model_id, workers):
+def test_a_joining_prompt_rides_on_the_running_rows_steps(model_root, model_id, workers):
+    model = AutoModelForCausalLM.from_pretrained(model_root / model_id).eval()
+    passes = _record_passes(model)
+    worker = ModelWorker(model, _Numbers(), frozenset(), 8, 16, prefill_chunk=8)
+    workers.append(worker)
+    greedy = SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True)
+    running = GenerationJob(SHORT, greedy)
+    worker.submit(running)
+    events = running.events(10)
+    next(events)  # it is decoding
+    joining = GenerationJob(LONG, SamplingParams(max_new_tokens=3, temperature=0))
+    worker.submit(joining)
+    joined = _tokens(joining)
+    running_tokens = [e.token_id for e in events if isinstance(e, TokenEvent)]
+    # Each pass packs the running row's token and a chunk of at most 8 prompt tokens into
+    # one sequence: the 37 tokens need 5 passes, and share their work about equally (a
+    # later token attends to more keys, so later chunks hold no more tokens). The last
+    # chunk's pass gives the joiner its first token. Longer than the running row, the
+    # joiner then decodes beside it (its cache is not widened).
+    first = next(i for i, shape in enumerate(passes) if shape[1] > len(SHORT))
+    chunks = [columns - 1 for _, columns in passes[first : first + 5]]
+    assert sum(chunks) == len(LONG) and chunks[0] == 8 and min(chunks) >= 6
+    assert chunks == sorted(chunks, reverse=True)
+    assert passes[first + 5 : first + 7] == [(1, 2)] * 2
+    assert passes[0] == (1, len(SHORT))  # the running row's own prefill
+    assert all(shape == (1, 1) for shape in passes[1:first] + passes[first + 7 :])
+    solo = solo_logits(model, LONG, 2)
+    assert joined == [int(logits.argmax()) for logits in solo]
+    alone = solo_logits(model, SHORT, 39)
+    assert running_tokens == [int(logits.argmax()) for logits in alone][1:]
+    assert worker.stats()["prefills"] == 2
+
+
+@pytest.mark.parametrize("model_id", MODEL_IDS)
+def test_without_mixed_passes_chunks_and_steps_take_turns(model_root, model_id, workers):
     model = _Recording(AutoModelForCausalLM.from_pretrained(model_root / model_id).eval())
     worker = ModelWorker(model, _Numbers(), frozenset(), 8, 16, prefill_chunk=8)
     workers.append(worker)
@@ -175,22 +226,29 @@ def test_a_request_cancelled_while_its_prompt_goes_in_ends_cancelled():
     assert group.add([running]) == []
     group.wait([joining])
     for _ in range(2):  # two chunks of its prompt, two steps of the running row
-        assert group.prefill_waiting() == [] and group.step() == []
+        assert group.advance() == []
+    assert group.solos[0][1].done == 4
     joining.cancel()
-    assert group.prefill_waiting() == [joining]
-    assert not group.waiting and group.jobs == [running] and len(group.batch) == 1
-    assert lm.passes == [1, 1, 1, 1, 1]  # the third chunk never ran
+    assert group.advance() == [joining]
+    assert not group.waiting and not group.solos and group.jobs == [running]
+    assert lm.passes == [1] * 6  # the add, two chunks and three steps: no third chunk
     (done,) = [e for e in joining.events(1) if e is not None]
     assert done.finish_reason == "cancelled" and done.generated_tokens == 0
 
 
-def test_the_pace_fits_the_chunk_in_about_two_steps():
-    pace = PrefillPace(chunk=128)
-    assert pace.budget() == 128  # nothing measured yet
+def test_the_pace_fits_the_chunk_in_a_few_steps():
+    pace = PrefillPace(chunk=256, keys_per_token=1000)
+    assert pace.budget() == 256  # nothing measured yet
+    assert pace.work(0, 100) == 105  # positions 0..99 cost 1 + p / 1000 each: 5 extra
+    assert pace.work(900, 100) == 195
+    assert pace.tokens(900, 195) == 100 and pace.tokens(0, 105) == 100
     pace.stepped(0.050)
-    pace.prefilled(64, 0.128)  # 2 ms a token (a CPU): 1.8 steps of 50 ms hold 45 tokens
-    assert pace.budget() == 45
-    pace.prefilled(512, 0.010)  # a GPU: the cap holds
-    assert pace.budget() == 128
-    pace.prefilled(1, 1.0)  # a token costs more than a step: still some progress
+    pace.prefilled(64, 0.0756)  # a CPU: 64 units added 25.6 ms to a 50 ms step, 0.4 ms each
+    assert pace.budget() == pytest.approx(187.5)  # STEPS (1.5) steps' time of work a step
+    assert pace.budget(mixed=False) == pytest.approx(62.5)  # a pass of its own: a step more
+    assert pace.tokens(0, pace.budget()) == 173  # fewer tokens than units: positions cost
+    assert pace.tokens(2000, pace.budget()) == 62
+    pace.prefilled(512, 0.060)  # a GPU: the chunk caps the tokens
+    assert pace.tokens(0, pace.budget()) == 256
+    pace.prefilled(1, 10.0)  # a token costs more than a step: still some progress
     assert pace.budget() == PrefillPace.MIN_TOKENS

@@ -27,8 +27,19 @@ def run_together(lm: ScriptedLM, prompts: list[str], params=GREEDY):
         worker.submit(job)
     gate.set()
     assert blocker.result() is True
-    events = [[e for e in job.events(10) if e is not None] for job in jobs]
-    return events, worker
+    return [until_done(job) for job in jobs], worker
+
+
+def until_done(job: GenerationJob, seconds: int = 30) -> list:
+    """The job's events up to its last; fails (instead of hanging) after `seconds` silent."""
+    events, silent = [], 0
+    for event in job.events(1):
+        if event is None:
+            silent += 1
+            assert silent < seconds, f"no event for {seconds} s: the worker is stuck"
+            continue
+        events.append(event)
+    return events
 
 
 def text(events) -> str:
@@ -59,7 +70,7 @@ def test_the_worker_keeps_serving_after_a_failure(workers):
     assert isinstance(failing[-1], ErrorEvent)
     job = GenerationJob(list(ids("ba")), SamplingParams(max_new_tokens=3, temperature=0))
     worker.submit(job)
-    later = [e for e in job.events(10) if e is not None]
+    later = until_done(job)
     assert text(later) == "hhh" and later[-1].finish_reason == "length"
 
 
@@ -80,3 +91,44 @@ def test_a_lone_request_that_fails_ends_with_an_error(workers):
     workers.append(worker)
     assert len(events) == 1 and isinstance(events[0], ErrorEvent)
     assert lm.passes == [1]  # a lone row is not retried
+
+
+def test_a_fault_outside_any_pass_ends_its_requests_and_the_worker_serves_on(workers, monkeypatch):
+    from app.engine.rows import JobBatch
+
+    lm = ScriptedLM({ids("ab"): list(ids("cccccc")), ids("ba"): list(ids("hhh"))})
+    advance = JobBatch.advance
+    faults = iter([RuntimeError("a bug of ours")])
+
+    def advance_with_a_fault(self):
+        fault = next(faults, None)
+        if fault is not None:
+            raise fault
+        return advance(self)
+
+    monkeypatch.setattr(JobBatch, "advance", advance_with_a_fault)
+    (first, second), worker = run_together(lm, ["ab", "ab"])
+    workers.append(worker)
+    for events in (first, second):  # both were rows of the faulty round: both end, with it
+        assert isinstance(events[-1], ErrorEvent) and "a bug of ours" in events[-1].message
+    assert worker.stats()["active"] == 0
+    job = GenerationJob(list(ids("ba")), SamplingParams(max_new_tokens=3, temperature=0))
+    worker.submit(job)
+    later = until_done(job)
+    assert text(later) == "hhh" and later[-1].finish_reason == "length"
+
+
+def test_a_request_whose_setup_fails_ends_alone(workers, monkeypatch):
+    lm = ScriptedLM({ids("ab"): list(ids("ccc")), ids("ba"): list(ids("hhh"))})
+    begin = GenerationJob.begin
+
+    def begin_failing_for_ba(self, tokenizer, eos_ids, device):
+        if self.prompt_ids == list(ids("ba")):
+            raise ValueError("this prompt's decoder could not start")
+        return begin(self, tokenizer, eos_ids, device)
+
+    monkeypatch.setattr(GenerationJob, "begin", begin_failing_for_ba)
+    (failing, mate), worker = run_together(lm, ["ba", "ab"], SamplingParams(3, temperature=0))
+    workers.append(worker)
+    assert failing == [failing[0]] and "could not start" in failing[0].message
+    assert text(mate) == "ccc" and mate[-1].finish_reason == "length"

@@ -1,0 +1,154 @@
+"""KV-cache storage that grows in place, and the left-padded stacking of two caches.
+
+transformers' `DynamicLayer` appends a step's keys and values with `torch.cat`,
+which copies the layer's whole cache every step: on a CPU, at a few rows of a
+thousand tokens, that copy costs more than the step's own arithmetic. A
+`GrowingLayer` keeps its keys and values in buffers with room to spare and
+writes each step's columns into them, so a step costs the same at any length;
+it reallocates, with headroom, only when the room runs out (amortized, as a
+Python list grows).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from app.engine.contract import CausalLM
+
+
+def headroom(columns: int) -> int:
+    """Columns to allocate for a cache that holds `columns` and will grow: a quarter more, at
+    least 32 (a few reallocations over a long generation, each a copy of the cache)."""
+    return columns + max(32, columns // 4)
+
+
+class GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` whose `keys` and `values` are views of larger buffers.
+
+    `keys` and `values` are [rows, heads, columns, head_dim], as in DynamicLayer.
+    Assigning them (code that cuts or reorders the cache does) adopts the tensor as
+    the new buffer, with no room left; the next `update` makes room.
+    """
+
+    def __init__(self, reserve: int = 0) -> None:
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+        self._columns = 0
+        self._reserve = reserve  # columns to allocate at the first update (a prompt's length)
+        super().__init__()
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        buffer = self._key_buffer
+        return None if buffer is None else buffer[..., : self._columns, :]
+
+    @keys.setter
+    def keys(self, tensor: torch.Tensor | None) -> None:
+        self._key_buffer = tensor
+        self._columns = 0 if tensor is None else tensor.shape[-2]
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        buffer = self._value_buffer
+        return None if buffer is None else buffer[..., : self._columns, :]
+
+    @values.setter
+    def values(self, tensor: torch.Tensor | None) -> None:
+        self._value_buffer = tensor  # set after `keys`, with the same columns
+
+    def adopt(self, keys: torch.Tensor, values: torch.Tensor, columns: int) -> None:
+        """Take buffers whose first `columns` columns are the cache (the rest is room)."""
+        self._key_buffer, self._value_buffer, self._columns = keys, values, columns
+        self.is_initialized = True
+        self.device = keys.device
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new [rows, heads, new, head_dim] states after the cached ones; return all."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start, end = self._columns, self._columns + key_states.shape[-2]
+        if self._key_buffer is None or self._key_buffer.shape[-2] < end:
+            capacity = max(headroom(end), self._reserve)
+            self._key_buffer = _regrow(self._key_buffer, start, key_states, capacity)
+            self._value_buffer = _regrow(self._value_buffer, start, value_states, capacity)
+        self._key_buffer[..., start:end, :] = key_states
+        self._value_buffer[..., start:end, :] = value_states
+        self._columns = end
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._columns
+
+    def truncate(self, columns: int) -> None:
+        """Forget the columns past `columns` (the room stays)."""
+        self._columns = min(self._columns, columns)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep these rows, room included."""
+        if self._key_buffer is not None:
+            self._key_buffer = self._key_buffer[indices]
+            self._value_buffer = self._value_buffer[indices]
+
+
+def _regrow(
+    buffer: torch.Tensor | None, columns: int, like: torch.Tensor, capacity: int
+) -> torch.Tensor:
+    """A buffer of `capacity` columns holding `buffer`'s first `columns` columns."""
+    rows, heads, _, width = like.shape
+    # Zeros, not garbage: a masked-out column still meets the attention weights' zeros,
+    # and 0 * NaN would be NaN.
+    grown = like.new_zeros((rows, heads, capacity, width))
+    if buffer is not None and columns:
+        grown[..., :columns, :] = buffer[..., :columns, :]
+    return grown
+
+
+def growing_cache(model: CausalLM, reserve: int = 0) -> DynamicCache:
+    """A DynamicCache for `model` whose full-attention layers grow in place.
+
+    Sliding-window and other special layers stay as transformers made them.
+    `reserve` columns, when known (a prompt's length), are allocated at once.
+    """
+    cache = DynamicCache(config=model.config)
+    cache.layers = [
+        GrowingLayer(reserve) if type(layer) is DynamicLayer else layer for layer in cache.layers
+    ]
+    return cache
+
+
+def full_attention(model: CausalLM) -> bool:
+    """Whether every layer of `model` attends to the whole sequence (no sliding window)."""
+    return all(isinstance(layer, GrowingLayer) for layer in growing_cache(model).layers)
+
+
+def stack_left_padded(first: DynamicLayer, second: DynamicLayer) -> None:
+    """Put `second`'s rows after `first`'s, both left-padded to the wider one, in `first`.
+
+    One allocation and one copy of each: merging a long prompt into a batch widens
+    every row's cache, so this copy sits on a running stream's gap. A GrowingLayer
+    gets room to grow.
+    """
+    columns = max(first.get_seq_length(), second.get_seq_length())
+    capacity = headroom(columns) if isinstance(first, GrowingLayer) else columns
+    keys = _stack(first.keys, second.keys, columns, capacity)
+    values = _stack(first.values, second.values, columns, capacity)
+    if isinstance(first, GrowingLayer):
+        first.adopt(keys, values, columns)
+    else:
+        first.keys, first.values = keys, values
+
+
+def _stack(a: torch.Tensor, b: torch.Tensor, columns: int, capacity: int) -> torch.Tensor:
+    """[rows of a + rows of b, heads, capacity, head_dim], each right-aligned at `columns`."""
+    out = a.new_zeros((a.shape[0] + b.shape[0], a.shape[1], capacity, a.shape[3]))
+    out[: a.shape[0], :, columns - a.shape[2] : columns] = a
+    out[a.shape[0] :, :, columns - b.shape[2] : columns] = b
+    return out

@@ -1,0 +1,84 @@
+"""Mixed passes: the batch's step and other sequences' tokens in one forward pass compute
+what each sequence computes alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from app.engine.batch import DecodeBatch, SoloSequence
+from app.engine.mixed import supports
+from tests.support.scripted import ScriptedLM
+from tests.support.tiny_models import MODEL_IDS
+from tests.unit.engine.conftest import solo_logits
+
+PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15], [20]]  # left-padded rows of three lengths
+LONG = [(7 * i + 3) % 90 + 5 for i in range(37)]
+TOLERANCE = {"atol": 1e-4, "rtol": 0}
+
+
+@pytest.mark.parametrize("model_id", MODEL_IDS)  # GPT-2, and Llama with grouped-query attention
+def test_rows_and_a_chunked_prompt_in_one_pass_match_each_alone(model_root, model_id):
+    model = AutoModelForCausalLM.from_pretrained(model_root / model_id).eval()
+    assert supports(model)
+    alone = [solo_logits(model, prompt, 9) for prompt in PROMPTS]
+    long_alone = solo_logits(model, LONG, 3)
+    batch = DecodeBatch(model)
+    tokens = [int(row.argmax()) for row in batch.prefill(PROMPTS, [None] * 3).logits]
+    solo = SoloSequence(model, LONG, None)
+    last = None
+    # Chunks of 10, 10, 10 and 7 prompt tokens ride on four steps of the rows; then the
+    # solo decodes beside them, one token a pass.
+    for step in range(1, 7):
+        part = solo.part(10, last)
+        rows, extra = batch.mixed_step(tokens, [part])
+        solo.fed(part)
+        for row in range(3):
+            torch.testing.assert_close(rows.logits[row], alone[row][step], **TOLERANCE)
+        assert len(extra) == (1 if part.wants_logits else 0)
+        if step >= 4:  # the prompt is in: its next-token logits, as alone
+            torch.testing.assert_close(extra[0], long_alone[step - 4], **TOLERANCE)
+            last = int(extra[0].argmax())
+        tokens = [int(row.argmax()) for row in rows.logits]
+    assert solo.done == len(LONG) + 2 and len(batch) == 3
+
+
+@pytest.mark.parametrize("model_id", MODEL_IDS)
+def test_prompts_alone_in_a_mixed_pass_need_no_batch(model_root, model_id):
+    model = AutoModelForCausalLM.from_pretrained(model_root / model_id).eval()
+    batch = DecodeBatch(model)
+    solos = [SoloSequence(model, prompt, None) for prompt in (LONG, PROMPTS[1])]
+    rows, extra = batch.mixed_step([], [solo.part(100, None) for solo in solos])
+    assert rows.logits.shape[0] == 0 and extra.shape[0] == 2
+    torch.testing.assert_close(extra[0], solo_logits(model, LONG, 0)[0], **TOLERANCE)
+    torch.testing.assert_close(extra[1], solo_logits(model, PROMPTS[1], 0)[0], **TOLERANCE)
+
+
+def test_a_failed_mixed_pass_leaves_the_rows_cache_as_it_was(model_root, monkeypatch):
+    model = AutoModelForCausalLM.from_pretrained(model_root / "tiny-gpt2").eval()
+    batch = DecodeBatch(model)
+    tokens = [int(row.argmax()) for row in batch.prefill(PROMPTS, [None] * 3).logits]
+    solo = SoloSequence(model, LONG, None)
+
+    def fail(module, args):
+        raise RuntimeError("out of memory, say")
+
+    handle = model.base_model.h[1].register_forward_pre_hook(fail)  # in the second layer
+    with pytest.raises(RuntimeError):
+        batch.mixed_step(tokens, [solo.part(10, None)])
+    handle.remove()
+    solo.roll_back()
+    # The first layer had filed its new keys; both caches are back to before the pass.
+    assert batch._cache.layers[0].keys.shape[-2] == len(PROMPTS[1])
+    assert solo.cache.layers[0].get_seq_length() == 0
+    rows, _ = batch.mixed_step(tokens, [solo.part(10, None)])
+    for row, prompt in enumerate(PROMPTS):
+        torch.testing.assert_close(rows.logits[row], solo_logits(model, prompt, 1)[1], **TOLERANCE)
+
+
+def test_models_mixed_passes_cannot_run_on(model_root):
+    model = AutoModelForCausalLM.from_pretrained(model_root / "tiny-gpt2").eval()
+    model.set_attn_implementation("eager")
+    assert not supports(model)  # its attention would not go through ours
+    assert not supports(ScriptedLM({}))  # not a transformers model
