@@ -11,8 +11,9 @@ In one run, on the same model and machine, for the seed's default sampling
   streams' largest gap between tokens against their median gap, and the joiner's
   first-token time against its solo prefill plus one step (medians of `--runs`):
   the solo prefill both in process and as the same server's first token for the
-  prompt with nothing running, measured in each try just before the join (this
-  machine's speed drifts by a quarter between minutes).
+  prompt with nothing running, measured in each try just before the join (a shared
+  machine's speed drifts by a quarter between minutes), the step being the running
+  streams' median gap in that try.
 
 Prints a table; writes the figures as JSON too (`--json`).
 
@@ -50,7 +51,7 @@ def ensure_model(name: str):
 
 def in_process(path, prompts, sizes, new_tokens, runs, device, dtype) -> dict:
     """`model.generate`'s aggregate tokens/s per mode and batch size (median of `runs`),
-    and the solo prefill time of the joining prompt."""
+    and the joining prompt's length in tokens."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -67,8 +68,7 @@ def in_process(path, prompts, sizes, new_tokens, runs, device, dtype) -> dict:
                 batch = ids.repeat(size, 1)
                 times = [_generate(model, batch, new_tokens, sampling) for _ in range(runs)]
                 rates[mode][size] = size * new_tokens / median(times)
-        prefill = median([_prefill(model, long_ids) for _ in range(runs)])
-    return {"rates": rates, "join_prefill_s": prefill, "join_prompt_tokens": long_ids.shape[1]}
+    return {"rates": rates, "join_prompt_tokens": long_ids.shape[1]}
 
 
 def continuous_batching(path, prompt, sizes, new_tokens, device, dtype) -> dict[int, float]:
@@ -186,14 +186,32 @@ def _probe_health(live, into: list, done: threading.Event) -> None:
         done.wait(0.02)
 
 
-def joining(live, body, long_prompt, new_tokens, runs) -> dict:
+class PrefillTimer:
+    """The long prompt's prefill in this process, timed on demand (while the server idles)."""
+
+    def __init__(self, path, prompt: str, device, dtype) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        self._model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        self._ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
+
+    def __call__(self) -> float:
+        """Seconds for one forward pass over the prompt (the last position's logits)."""
+        with torch.inference_mode():
+            return _prefill(self._model, self._ids)
+
+
+def joining(live, body, long_prompt, new_tokens, runs, prefill: PrefillTimer) -> dict:
     """4 streams are running and a long prompt joins (median figures of `runs` tries)."""
-    tries = [_join_once(live, body, long_prompt, new_tokens) for _ in range(runs)]
+    tries = [_join_once(live, body, long_prompt, new_tokens, prefill) for _ in range(runs)]
     return {key: median([t[key] for t in tries]) for key in tries[0]}
 
 
-def _join_once(live, body, long_prompt, new_tokens) -> dict:
-    """One try: the long prompt's first token alone (nothing running), then joining."""
+def _join_once(live, body, long_prompt, new_tokens, prefill: PrefillTimer) -> dict:
+    """One try: the long prompt's solo prefill, in process and as the server's first token
+    with nothing running, then the same prompt joining 4 running streams."""
+    prefill_s = prefill()
     alone: dict = {}
     stream(live, {**body, "prompt": long_prompt, "max_new_tokens": 1}, alone)
     records = [{} for _ in range(4)]
@@ -221,9 +239,12 @@ def _join_once(live, body, long_prompt, new_tokens) -> dict:
         "running_gap_ms_p50": typical * 1000,
         "gap_ratio": largest / typical,
         "joiner_ttft_ms": ttft * 1000,
+        "prefill_ms": prefill_s * 1000,
         "solo_ttft_ms": solo_ttft * 1000,
-        # Its first token alone (the same server, nothing running) plus one step of the
-        # running streams (their median gap), in the same try.
+        # Against its solo prefill (in process) plus one step of the running streams (their
+        # median gap), all in the same try; and against its first token from the same server
+        # with nothing running, plus that step.
+        "ttft_ratio": ttft / (prefill_s + typical),
         "served_ratio": ttft / (solo_ttft + typical),
     }
 
@@ -294,15 +315,10 @@ def main() -> None:
         requests.post(live.url("/generate"), json={**body, "max_new_tokens": 4}, timeout=900)
         for mode in modes:
             server[mode] = {n: measure(live, {**body, **MODES[mode]}, n, args.runs) for n in sizes}
+        prefill = PrefillTimer(path, prompts["long"], args.device, dtype)
         join = joining(
-            live, {**body, **MODES["sampled"]}, prompts["long"], args.new_tokens, args.runs
+            live, {**body, **MODES["sampled"]}, prompts["long"], args.new_tokens, args.runs, prefill
         )
-
-    # One step of the running batch, in process: batch 4, the seed's sampling.
-    step_s = 4 / baseline["rates"]["sampled"][4] if 4 in sizes else None
-    if step_s is not None:
-        join["budget_ms"] = (baseline["join_prefill_s"] + step_s) * 1000
-        join["ttft_ratio"] = join["joiner_ttft_ms"] / join["budget_ms"]
     report = {
         "model": args.model,
         "device": args.device,
@@ -352,15 +368,11 @@ def _print(report: dict, sizes: list[int], modes: list[str]) -> None:
         f"median {join['running_gap_ms_p50']:.0f} ms (ratio {join['gap_ratio']:.2f})"
     )
     print(
-        f"      joiner's first token after {join['joiner_ttft_ms']:.0f} ms; alone on the server "
-        f"{join['solo_ttft_ms']:.0f} ms + one step {join['running_gap_ms_p50']:.0f} ms "
-        f"(ratio {join['served_ratio']:.2f})"
+        f"      joiner's first token after {join['joiner_ttft_ms']:.0f} ms; its solo prefill "
+        f"{join['prefill_ms']:.0f} ms + one step {join['running_gap_ms_p50']:.0f} ms "
+        f"(ratio {join['ttft_ratio']:.2f}); its first token alone from the server "
+        f"{join['solo_ttft_ms']:.0f} ms + that step (ratio {join['served_ratio']:.2f})"
     )
-    if "budget_ms" in join:
-        print(
-            f"      in process: solo prefill {base['join_prefill_s'] * 1000:.0f} ms + one step "
-            f"at batch 4 = {join['budget_ms']:.0f} ms (ratio {join['ttft_ratio']:.2f})"
-        )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class PrefillPace:
     STEPS trades the running streams' largest gap against the joiner's first token.
     """
 
-    STEPS = 1.5
+    STEPS = 1.7
     MIN_TOKENS = 16  # progress even when a step is cheap next to a prompt token
 
     def __init__(self, chunk: int, keys_per_token: float = math.inf) -> None:

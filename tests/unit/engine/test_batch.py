@@ -146,3 +146,5 @@ def test_sliding_window_model_serves_overlapping_requests(sliding_root):
     for thread in threads:
         thread.join(timeout=60)
     assert [together[0], together[1]] == alone
+    # Unloaded, so that no worker thread outlives the test (torch aborts at exit otherwise).
+    assert client.delete("/models/tiny-mistral").status_code == 200

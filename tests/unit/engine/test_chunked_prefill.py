@@ -244,10 +244,10 @@ def test_the_pace_fits_the_chunk_in_a_few_steps():
     assert pace.tokens(900, 195) == 100 and pace.tokens(0, 105) == 100
     pace.stepped(0.050)
     pace.prefilled(64, 0.0756)  # a CPU: 64 units added 25.6 ms to a 50 ms step, 0.4 ms each
-    assert pace.budget() == pytest.approx(187.5)  # STEPS (1.5) steps' time of work a step
-    assert pace.budget(mixed=False) == pytest.approx(62.5)  # a pass of its own: a step more
-    assert pace.tokens(0, pace.budget()) == 173  # fewer tokens than units: positions cost
-    assert pace.tokens(2000, pace.budget()) == 62
+    assert pace.budget() == pytest.approx(212.5)  # STEPS (1.7) steps' time of work a step
+    assert pace.budget(mixed=False) == pytest.approx(87.5)  # a pass of its own: a step more
+    assert pace.tokens(0, pace.budget()) == 194  # fewer tokens than units: positions cost
+    assert pace.tokens(2000, pace.budget()) == 71
     pace.prefilled(512, 0.060)  # a GPU: the chunk caps the tokens
     assert pace.tokens(0, pace.budget()) == 256
     pace.prefilled(1, 10.0)  # a token costs more than a step: still some progress
