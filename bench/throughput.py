@@ -3,7 +3,8 @@
 In one run, on the same model and machine, for the seed's default sampling
 (temperature 0.7, top-p 0.95) and for greedy decoding:
 - in-process `model.generate` at batch 1/4/8/16 with the same parameters
-  (`do_sample=True`, fixed length), median of `--runs`;
+  (`do_sample=True`, fixed length), median of `--runs`, measured just before the
+  server's figure for the same size (the server idles meanwhile);
 - the server with 1/4/8/16 concurrent streams: aggregate tokens/s, time to first
   token, p50/p99 gap between tokens (medians of `--runs`), and /health latency
   under that load (one more run);
@@ -49,26 +50,31 @@ def ensure_model(name: str):
     return path
 
 
-def in_process(path, prompts, sizes, new_tokens, runs, device, dtype) -> dict:
-    """`model.generate`'s aggregate tokens/s per mode and batch size (median of `runs`),
-    and the joining prompt's length in tokens."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class InProcess:
+    """The baseline: `model.generate` on the same model and device, in this process."""
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    model.generation_config.pad_token_id = tokenizer.eos_token_id
-    ids = tokenizer(prompts["short"], return_tensors="pt")["input_ids"].to(device)
-    long_ids = tokenizer(prompts["long"], return_tensors="pt")["input_ids"].to(device)
-    rates: dict[str, dict[int, float]] = {}
-    with torch.inference_mode():
-        _generate(model, ids, 4, MODES["sampled"])  # warm-up
-        for mode, sampling in MODES.items():
-            rates[mode] = {}
-            for size in sizes:
-                batch = ids.repeat(size, 1)
-                times = [_generate(model, batch, new_tokens, sampling) for _ in range(runs)]
-                rates[mode][size] = size * new_tokens / median(times)
-    return {"rates": rates, "join_prompt_tokens": long_ids.shape[1]}
+    def __init__(self, path, prompts: dict, device, dtype) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.model.generation_config.pad_token_id = tokenizer.eos_token_id
+        self.ids = tokenizer(prompts["short"], return_tensors="pt")["input_ids"].to(device)
+        self.long_ids = tokenizer(prompts["long"], return_tensors="pt")["input_ids"].to(device)
+        with torch.inference_mode():
+            _generate(self.model, self.ids, 4, MODES["sampled"])  # warm-up
+
+    def rate(self, size: int, new_tokens: int, sampling: dict, runs: int) -> float:
+        """Aggregate tokens/s of `generate` at batch `size` (median of `runs`)."""
+        batch = self.ids.repeat(size, 1)
+        with torch.inference_mode():
+            times = [_generate(self.model, batch, new_tokens, sampling) for _ in range(runs)]
+        return size * new_tokens / median(times)
+
+    def prefill(self) -> float:
+        """Seconds for one forward pass over the long prompt (the last position's logits)."""
+        with torch.inference_mode():
+            return _prefill(self.model, self.long_ids)
 
 
 def continuous_batching(path, prompt, sizes, new_tokens, device, dtype) -> dict[int, float]:
@@ -186,29 +192,13 @@ def _probe_health(live, into: list, done: threading.Event) -> None:
         done.wait(0.02)
 
 
-class PrefillTimer:
-    """The long prompt's prefill in this process, timed on demand (while the server idles)."""
-
-    def __init__(self, path, prompt: str, device, dtype) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        self._model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        self._ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
-
-    def __call__(self) -> float:
-        """Seconds for one forward pass over the prompt (the last position's logits)."""
-        with torch.inference_mode():
-            return _prefill(self._model, self._ids)
-
-
-def joining(live, body, long_prompt, new_tokens, runs, prefill: PrefillTimer) -> dict:
+def joining(live, body, long_prompt, new_tokens, runs, prefill) -> dict:
     """4 streams are running and a long prompt joins (median figures of `runs` tries)."""
     tries = [_join_once(live, body, long_prompt, new_tokens, prefill) for _ in range(runs)]
     return {key: median([t[key] for t in tries]) for key in tries[0]}
 
 
-def _join_once(live, body, long_prompt, new_tokens, prefill: PrefillTimer) -> dict:
+def _join_once(live, body, long_prompt, new_tokens, prefill) -> dict:
     """One try: the long prompt's solo prefill, in process and as the server's first token
     with nothing running, then the same prompt joining 4 running streams."""
     prefill_s = prefill()
@@ -289,7 +279,8 @@ def main() -> None:
         "long": prompt_of(tokenizer, args.join_prompt_tokens),
     }
     dtype = getattr(torch, args.dtype)
-    baseline = in_process(path, prompts, sizes, args.new_tokens, args.runs, args.device, dtype)
+    generate = InProcess(path, prompts, args.device, dtype)
+    baseline: dict = {"rates": {}, "join_prompt_tokens": generate.long_ids.shape[1]}
     if args.with_cb:
         cb_sizes = [n for n in sizes if n in (1, 8)]
         baseline["cb_rates"] = continuous_batching(
@@ -314,10 +305,20 @@ def main() -> None:
     with LiveServer(env) as live:
         requests.post(live.url("/generate"), json={**body, "max_new_tokens": 4}, timeout=900)
         for mode in modes:
-            server[mode] = {n: measure(live, {**body, **MODES[mode]}, n, args.runs) for n in sizes}
-        prefill = PrefillTimer(path, prompts["long"], args.device, dtype)
+            baseline["rates"][mode], server[mode] = {}, {}
+            for n in sizes:
+                # The baseline just before the server's figure: a shared machine's speed
+                # drifts between minutes, and a ratio should not measure that.
+                rate = generate.rate(n, args.new_tokens, MODES[mode], args.runs)
+                baseline["rates"][mode][n] = rate
+                server[mode][n] = measure(live, {**body, **MODES[mode]}, n, args.runs)
         join = joining(
-            live, {**body, **MODES["sampled"]}, prompts["long"], args.new_tokens, args.runs, prefill
+            live,
+            {**body, **MODES["sampled"]},
+            prompts["long"],
+            args.new_tokens,
+            args.runs,
+            generate.prefill,
         )
     report = {
         "model": args.model,
