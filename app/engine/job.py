@@ -42,6 +42,7 @@ class GenerationJob:
         self._mailbox = Mailbox()
         self._stop = StopMatcher(stop)
         self._times = {"submitted": time.perf_counter()}
+        self._failed = False
         self.last_token: int | None = None  # the next step's input
         self._sampler: Sampler | None = None
         self._decoder: IncrementalDecoder | None = None
@@ -119,6 +120,11 @@ class GenerationJob:
         self._finish(self.cancel_reason)
 
     @property
+    def failed(self) -> bool:
+        """Whether the job ended with an error."""
+        return self._failed
+
+    @property
     def ended(self) -> bool:
         """Whether the job has posted its last event (done, or an error)."""
         return "finished" in self._times
@@ -126,6 +132,7 @@ class GenerationJob:
     def fail(self, message: str) -> None:
         """Report a failure to the waiting handler."""
         self._times["finished"] = time.perf_counter()
+        self._failed = True
         self._mailbox.put(ErrorEvent(message))
 
     def _alternatives(self, choice: Choice) -> tuple[Alternative, ...]:

@@ -213,7 +213,13 @@ class JobBatch:
             for _, solo, _ in feeding:
                 solo.roll_back()
             log.warning("a mixed pass failed (%s); running its parts alone", exc)
-            return self._prefill_alone() + self._step()
+            ended = self._prefill_alone() + self._step()
+            if not any(job.failed for job in ended):
+                # No request was to blame: the model cannot take mixed passes (its code
+                # rejects the packed call). Stop trying for this group.
+                log.warning("mixed passes are off for this batch: its parts ran alone")
+                self._can_mix = False
+            return ended
         seconds = time.perf_counter() - started
         prompt = [part for _, solo, part in feeding if solo.remaining]
         if prompt:

@@ -82,3 +82,35 @@ def test_models_mixed_passes_cannot_run_on(model_root):
     model.set_attn_implementation("eager")
     assert not supports(model)  # its attention would not go through ours
     assert not supports(ScriptedLM({}))  # not a transformers model
+
+
+def test_a_model_that_rejects_mixed_passes_is_served_by_passes_of_their_own(
+    model_root, monkeypatch
+):
+    import app.engine.batch as batch_module
+    from app.engine import GenerationJob, SamplingParams
+    from app.engine.rows import JobBatch, PassCounters
+    from tests.unit.engine.test_chunked_prefill import _Numbers
+
+    model = AutoModelForCausalLM.from_pretrained(model_root / "tiny-gpt2").eval()
+    calls = []
+
+    def rejecting(*args, **kwargs):  # as model code that takes no positions for logits_to_keep
+        calls.append(1)
+        raise TypeError("logits_to_keep must be an int")
+
+    monkeypatch.setattr(batch_module, "mixed_forward", rejecting)
+    group = JobBatch(model, PassCounters(), prefill_chunk=8)
+    greedy = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
+    running, joining = GenerationJob(PROMPTS[1], greedy), GenerationJob(LONG, greedy)
+    for job in (running, joining):
+        job.begin(_Numbers(), frozenset(), torch.device("cpu"))
+    assert group.add([running]) == []
+    group.wait([joining])
+    ended = []
+    while group.busy:
+        ended += group.advance()
+    assert len(calls) == 1  # tried once; then chunks and steps took turns
+    assert set(ended) == {running, joining} and not running.failed and not joining.failed
+    tokens = [e.token_id for e in joining.events(1) if hasattr(e, "token_id")]
+    assert tokens == [int(logits.argmax()) for logits in solo_logits(model, LONG, 11)]
