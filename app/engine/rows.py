@@ -21,7 +21,7 @@ from app.engine.batch import DecodeBatch, SoloSequence, Step
 from app.engine.contract import CausalLM
 from app.engine.job import GenerationJob
 from app.engine.kvcache import full_attention
-from app.engine.mixed import supports
+from app.engine.mixed import Part, supports
 from app.engine.sampling import BatchSampler
 
 log = logging.getLogger(__name__)
@@ -77,10 +77,12 @@ class PrefillPace:
 
     def budget(self, mixed: bool = True) -> float:
         """Prompt work (token-equivalents) for the next round (in the step's pass if `mixed`)."""
+        cap = self.work(0, self.chunk)  # `chunk` tokens at the start of a prompt
         if self._step_s is None or self._work_s is None:
-            return float(self.chunk)
+            return cap
         steps = self.STEPS if mixed else self.STEPS - 1
-        return max(float(min(self.MIN_TOKENS, self.chunk)), steps * self._step_s / self._work_s)
+        fit = min(cap, steps * self._step_s / self._work_s)
+        return max(float(min(self.MIN_TOKENS, self.chunk)), fit)
 
     def stepped(self, seconds: float) -> None:
         """A decoding step of the running rows took this long."""
@@ -90,10 +92,11 @@ class PrefillPace:
         """A pass with this much prompt work (padding included), and a step's worth of
         other work (the rows' step, or a pass's fixed cost), took this long."""
         # What the prompt added: a pass of few tokens costs about a step however few they
-        # are, and charging that to them would ration the next chunks ever smaller.
-        # Before any step, the whole pass is charged to them: too much, so the first chunk
-        # is too small rather than too big.
-        work_s = max(seconds - (self._step_s or 0.0), 0.1 * seconds) / max(work, 1.0)
+        # are, and charging that to them would ration the next chunks ever smaller. Before
+        # any step there is nothing to tell the two apart (the budget is `chunk` till then).
+        if self._step_s is None:
+            return
+        work_s = max(seconds - self._step_s, 0.1 * seconds) / max(work, 1.0)
         previous = self._work_s
         self._work_s = work_s if previous is None else 0.5 * previous + 0.5 * work_s
 
@@ -196,12 +199,7 @@ class JobBatch:
     def _mixed_round(self) -> list[GenerationJob]:
         self._make_rows(cheap_only=True)
         feeding = [(job, solo, solo.part(0, job.last_token)) for job, solo in self._decoding()]
-        # With nothing decoding there is no one to keep waiting: the prompts go in whole.
-        budget = self.pace.budget() if self.jobs or feeding else _WHOLE
-        for job, solo in self._prefilling(budget):
-            part = solo.part(self._chunk(solo, budget), None)
-            budget -= self.pace.work(part.start, len(part.tokens))
-            feeding.append((job, solo, part))
+        feeding += self._prompt_parts()
         if not self.jobs and not feeding:
             return []
         started = time.perf_counter()
@@ -229,36 +227,48 @@ class JobBatch:
             self.pace.stepped(seconds)
         if self.jobs or any(not solo.remaining for _, solo, _ in feeding):
             self._counters.decode_steps += 1
+        if any(part.wants_logits and solo.remaining for _, solo, part in feeding):
+            self._counters.prefills += 1  # a pass that completed prompts
         ended = self._take(step, 0)
         given = iter(logits)
         for job, solo, part in feeding:
-            prompt = solo.remaining > 0
             solo.fed(part)
             if not part.wants_logits:
                 continue
-            if prompt:
-                self._counters.prefills += 1
             if not self._take_solo(job, next(given), None):
                 self.solos.remove((job, solo))
                 ended.append(job)
         return ended
 
-    def _prefilling(self, budget: float) -> list[tuple[GenerationJob, SoloSequence]]:
-        """The solos whose prompts go in this round (waiting jobs become solos)."""
-        chosen = []
-        for job, solo in self.solos:
+    def _prompt_parts(self) -> list[tuple[GenerationJob, SoloSequence, Part]]:
+        """This round's prompt chunks, PrefillPace's budget of work in all: the prompts under
+        way first, then waiting ones (which become solos). A long waiting prompt starts only
+        in a round of its own; its chunks are planned on the whole budget. With nothing
+        decoding there is no one to keep waiting: the prompts go in whole."""
+        full = self.pace.budget() if self.jobs or self._decoding() else _WHOLE
+        # Short prompts may fill a chunk even where the budget is smaller: one pass gives
+        # each its first token, and rationing them would only add rounds before they run.
+        budget, room = full, max(full, float(self.pace.chunk))
+        parts = []
+        for job, solo in [(job, solo) for job, solo in self.solos if solo.remaining]:
             if budget <= 0:
-                return chosen
-            if solo.remaining:
-                chosen.append((job, solo))
-                budget -= self.pace.work(solo.done, solo.remaining)
-        while budget > 0 and self.waiting:
+                break
+            part = solo.part(self._chunk(solo, full), None)
+            parts.append((job, solo, part))
+            used = self.pace.work(part.start, len(part.tokens))
+            budget, room = budget - used, room - used
+        while self.waiting:
+            whole = self.pace.work(0, len(self.waiting[0].prompt_ids))
+            if whole > room and (parts or budget < full):
+                break
             job = self.waiting.pop(0)
             solo = SoloSequence(self._model, job.prompt_ids, job.watch)
             self.solos.append((job, solo))
-            chosen.append((job, solo))
-            budget -= self.pace.work(0, solo.remaining)
-        return chosen
+            tokens = solo.remaining if whole <= room else self._chunk(solo, full)
+            parts.append((job, solo, solo.part(tokens, None)))
+            used = self.pace.work(0, tokens)
+            budget, room = budget - used, room - used
+        return parts
 
     def _chunk(self, solo: SoloSequence, budget: float) -> int:
         """Prompt tokens for this pass: a prompt's passes are counted at its first chunk and

@@ -238,7 +238,7 @@ def test_a_request_cancelled_while_its_prompt_goes_in_ends_cancelled():
 
 def test_the_pace_fits_the_chunk_in_a_few_steps():
     pace = PrefillPace(chunk=256, keys_per_token=1000)
-    assert pace.budget() == 256  # nothing measured yet
+    assert pace.budget() == pace.work(0, 256)  # nothing measured yet: a chunk's work
     assert pace.work(0, 100) == 105  # positions 0..99 cost 1 + p / 1000 each: 5 extra
     assert pace.work(900, 100) == 195
     assert pace.tokens(900, 195) == 100 and pace.tokens(0, 105) == 100
@@ -248,7 +248,7 @@ def test_the_pace_fits_the_chunk_in_a_few_steps():
     assert pace.budget(mixed=False) == pytest.approx(87.5)  # a pass of its own: a step more
     assert pace.tokens(0, pace.budget()) == 194  # fewer tokens than units: positions cost
     assert pace.tokens(2000, pace.budget()) == 71
-    pace.prefilled(512, 0.060)  # a GPU: the chunk caps the tokens
-    assert pace.tokens(0, pace.budget()) == 256
+    pace.prefilled(512, 0.060)  # a GPU: the chunk caps the round
+    assert pace.tokens(0, pace.budget()) == 256 and pace.tokens(2000, pace.budget()) < 256
     pace.prefilled(1, 10.0)  # a token costs more than a step: still some progress
     assert pace.budget() == PrefillPace.MIN_TOKENS
