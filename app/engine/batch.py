@@ -20,14 +20,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from app.engine.attention import HeadSelection, eager_attention
 from app.engine.contract import CausalLM, ForwardOutput, cache_keyword
 from app.engine.kvcache import GrowingLayer, growing_cache, headroom, stack_left_padded
 from app.engine.mixed import Part, Rows, mixed_forward, padded_mask
 
-_MERGEABLE = (DynamicLayer, GrowingLayer)  # full-attention layers; sliding windows cannot merge
+_MERGEABLE = (GrowingLayer,)  # full-attention layers (growing_cache); sliding windows cannot merge
 
 
 @dataclass

@@ -129,21 +129,16 @@ def full_attention(model: CausalLM) -> bool:
     return all(isinstance(layer, GrowingLayer) for layer in growing_cache(model).layers)
 
 
-def stack_left_padded(first: DynamicLayer, second: DynamicLayer) -> None:
+def stack_left_padded(first: GrowingLayer, second: GrowingLayer) -> None:
     """Put `second`'s rows after `first`'s, both left-padded to the wider one, in `first`.
 
-    One allocation and one copy of each: merging a long prompt into a batch widens
-    every row's cache, so this copy sits on a running stream's gap. A GrowingLayer
-    gets room to grow.
+    One allocation and one copy of each, with room to grow: merging a long prompt into a
+    batch widens every row's cache, so this copy sits on a running stream's gap.
     """
     columns = max(first.get_seq_length(), second.get_seq_length())
-    capacity = headroom(columns) if isinstance(first, GrowingLayer) else columns
-    keys = _stack(first.keys, second.keys, columns, capacity)
-    values = _stack(first.values, second.values, columns, capacity)
-    if isinstance(first, GrowingLayer):
-        first.adopt(keys, values, columns)
-    else:
-        first.keys, first.values = keys, values
+    keys = _stack(first.keys, second.keys, columns, headroom(columns))
+    values = _stack(first.values, second.values, columns, headroom(columns))
+    first.adopt(keys, values, columns)
 
 
 def _stack(a: torch.Tensor, b: torch.Tensor, columns: int, capacity: int) -> torch.Tensor:

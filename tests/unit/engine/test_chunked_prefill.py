@@ -111,10 +111,11 @@ def _record_passes(model) -> list[tuple[int, int]]:
     return passes
 
 
-@pytest.mark.parametrize("model_id", MODEL_IDS)
-def test_a_joining_prompt_rides_on_the_running_rows_steps(model_root, model_id, workers):
-    model = AutoModelForCausalLM.from_pretrained(model_root / model_id).eval()
-    passes = _record_passes(model)
+def _join_a_running_row(model, workers) -> tuple[ModelWorker, list[int], list[int]]:
+    """SHORT decodes 40 greedy tokens; LONG joins after its first and makes 3 (chunk 8).
+
+    Returns the worker and each job's generated token ids (the running row's after its first).
+    """
     worker = ModelWorker(model, _Numbers(), frozenset(), 8, 16, prefill_chunk=8)
     workers.append(worker)
     greedy = SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True)
@@ -125,7 +126,14 @@ def test_a_joining_prompt_rides_on_the_running_rows_steps(model_root, model_id, 
     joining = GenerationJob(LONG, SamplingParams(max_new_tokens=3, temperature=0))
     worker.submit(joining)
     joined = _tokens(joining)
-    running_tokens = [e.token_id for e in events if isinstance(e, TokenEvent)]
+    return worker, joined, [e.token_id for e in events if isinstance(e, TokenEvent)]
+
+
+@pytest.mark.parametrize("model_id", MODEL_IDS)
+def test_a_joining_prompt_rides_on_the_running_rows_steps(model_root, model_id, workers):
+    model = AutoModelForCausalLM.from_pretrained(model_root / model_id).eval()
+    passes = _record_passes(model)
+    worker, joined, running_tokens = _join_a_running_row(model, workers)
     # Each pass packs the running row's token and a chunk of at most 8 prompt tokens into
     # one sequence: the 37 tokens need 5 passes, and share their work about equally (a
     # later token attends to more keys, so later chunks hold no more tokens). The last
@@ -148,17 +156,7 @@ def test_a_joining_prompt_rides_on_the_running_rows_steps(model_root, model_id, 
 @pytest.mark.parametrize("model_id", MODEL_IDS)
 def test_without_mixed_passes_chunks_and_steps_take_turns(model_root, model_id, workers):
     model = _Recording(AutoModelForCausalLM.from_pretrained(model_root / model_id).eval())
-    worker = ModelWorker(model, _Numbers(), frozenset(), 8, 16, prefill_chunk=8)
-    workers.append(worker)
-    greedy = SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True)
-    running = GenerationJob(SHORT, greedy)
-    worker.submit(running)
-    events = running.events(10)
-    next(events)  # it is decoding
-    joining = GenerationJob(LONG, SamplingParams(max_new_tokens=3, temperature=0))
-    worker.submit(joining)
-    joined = _tokens(joining)
-    running_tokens = [e.token_id for e in events if isinstance(e, TokenEvent)]
+    worker, joined, running_tokens = _join_a_running_row(model, workers)
     # The long prompt went in as chunks of at most 8 tokens, each followed by a step
     # of the running row; the last chunk's pass also gave the joiner its first token.
     chunks = [i for i, shape in enumerate(model.passes) if shape[1] > 1][1:]  # not the first
