@@ -24,6 +24,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ("*",)
     device: str = "auto"
     dtype: str = "auto"
+    packed_weights: bool = True  # float32 on a CPU: linear layers run through oneDNN
     max_body_bytes: int = 1024 * 1024
     max_batch: int = 8
     max_queue: int = 32

@@ -104,12 +104,17 @@ class PrefillPace:
 def keys_per_token(model: CausalLM) -> float:
     """Keys whose attention costs a query token as much as its matrix products (K).
 
-    A token's matrix products cost about 2 FLOPs per non-embedding parameter; attending
-    to one key costs 4 per layer and hidden unit (scores and weighted values, every query
-    head). Infinite, so that positions cost nothing extra, for a model that does not say.
+    A prompt token's matrix products cost about 2 FLOPs per parameter of the layers
+    (neither the embedding nor the LM head, which a prefill runs for the last token only);
+    attending to one key costs 4 per layer and hidden unit (scores and weighted values,
+    every query head). Infinite, so that positions cost nothing extra, for a model that
+    does not say.
     """
     try:
         params = model.num_parameters(exclude_embeddings=True)
+        head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+        if head is not None and head.weight is not getattr(embedding, "weight", None):
+            params -= head.weight.numel()  # counted above unless tied to the embedding
         config = model.config
         return params / (2 * config.num_hidden_layers * config.hidden_size)
     except (AttributeError, TypeError, ZeroDivisionError):

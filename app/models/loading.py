@@ -25,6 +25,7 @@ from app.engine import ModelWorker
 from app.errors import BadRequest, ModelLoadFailed, ModelNotFound
 from app.models import hub
 from app.models.loaded import LoadedModel, ModelProfile
+from app.models.packing import pack_linear_layers
 from app.models.resolution import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,16 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
             spec.source, dtype=_pick_dtype(settings.dtype, device), **_options(spec)
         )
     model.to(device).eval()
+    packed = pack_linear_layers(model) if settings.packed_weights else 0
     eos_ids = _eos_ids(model, profile.tokenizer)
     seconds = time.perf_counter() - started
-    log.info("loaded model %s on %s in %.2fs", spec.model_id, device, seconds)
+    log.info(
+        "loaded model %s on %s in %.2fs%s",
+        spec.model_id,
+        device,
+        seconds,
+        f" ({packed} linear layers packed for oneDNN)" if packed else "",
+    )
     worker = ModelWorker(
         model,
         profile.tokenizer,
@@ -83,7 +91,16 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
         prefill_chunk=settings.prefill_chunk,
     )
     memory = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    return LoadedModel(profile, model, worker, eos_ids, seconds, memory)
+    return LoadedModel(
+        profile,
+        worker,
+        eos_ids,
+        seconds,
+        memory,
+        device=str(model.device),
+        dtype=str(model.dtype).removeprefix("torch."),
+        packed_layers=packed,
+    )
 
 
 def _options(spec: ModelSpec) -> dict[str, bool]:
