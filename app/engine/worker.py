@@ -8,6 +8,8 @@ whose reader has gone stops within one step.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import queue
 import time
@@ -190,15 +192,21 @@ class ModelWorker:
     def _serve(self) -> None:
         closing = False
         while not (closing and not self._running):
-            closing = self._admit() or closing
-            self._run_tasks()
-            for group in list(self._groups):
-                try:
-                    self._step(group)
-                except Exception as exc:  # a fault of ours, outside any one pass: see _abandon
-                    self._abandon(group, exc)
+            closing = self._round() or closing
         self._release()
         self._alive.release()
+
+    def _round(self) -> bool:
+        """Admit, run tasks, then one round of every group; True when the close marker came.
+        (A method of its own: no local may keep a batch, and so the model, alive past it.)"""
+        closing = self._admit()
+        self._run_tasks()
+        for group in list(self._groups):
+            try:
+                self._step(group)
+            except Exception as exc:  # a fault of ours, outside any one pass: see _abandon
+                self._abandon(group, exc)
+        return closing
 
     def _admit(self) -> bool:
         """Prefill queued jobs into a batch; True when the close marker was reached."""
@@ -298,7 +306,25 @@ class ModelWorker:
             self.last_finished = time.time()
 
     def _release(self) -> None:
+        """Drop the model (this worker holds its only reference) and give its memory back."""
         device = getattr(self._model, "device", None)
         self._model = self._tokenizer = None
+        gc.collect()  # weights kept alive by a reference cycle are freed now, not some day
         if device is not None and device.type == "cuda":
             torch.cuda.empty_cache()
+        _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Return the C heap's free pages to the system (glibc's `malloc_trim`; elsewhere nothing).
+
+    glibc serves allocations under its mmap threshold from its heaps, and that threshold
+    rises (to 32 MiB) each time a larger block is freed; so weights allocated at load
+    (packed layers, app/models/packing.py) can sit in a heap, and once freed stay in the
+    process's resident memory until trimmed.
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)

@@ -21,7 +21,7 @@ from app.errors import BadRequest
 from app.models.resolution import ModelSpec
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,20 @@ class ModelProfile:
 
 @dataclass
 class LoadedModel:
-    """A model in memory, with the worker thread that owns it."""
+    """A model in memory, with the worker thread that owns it.
+
+    Only the worker holds the weights (it runs them, and frees them when it exits after
+    an unload); this object keeps what the layers above report about them.
+    """
 
     profile: ModelProfile
-    model: PreTrainedModel  # only the worker thread runs it
     worker: ModelWorker
     eos_ids: frozenset[int]
     load_seconds: float
     memory_bytes: int = 0
+    device: str = "cpu"  # "cpu", "cuda:0", ...
+    dtype: str = "float32"
+    packed_layers: int = 0  # linear layers packed for oneDNN (app/models/packing.py)
     last_used: float = field(default_factory=time.time)
 
     @property
@@ -115,10 +121,7 @@ class LoadedModel:
 
     def placement(self) -> dict[str, str]:
         """Where the weights live: `device` ("cpu", "cuda:0") and `dtype` ("float32", ...)."""
-        return {
-            "device": str(self.model.device),
-            "dtype": str(self.model.dtype).removeprefix("torch."),
-        }
+        return {"device": self.device, "dtype": self.dtype}
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for GET /models."""
@@ -129,6 +132,7 @@ class LoadedModel:
             "context_length": self.context_length,
             "load_seconds": round(self.load_seconds, 3),
             "memory_bytes": self.memory_bytes,
+            "packed_layers": self.packed_layers,
             "last_used": max(self.last_used, self.worker.last_finished),
             **self.stats(),
         }

@@ -114,6 +114,7 @@ class LoadedModelInfo(_Out):
     context_length: int | None
     load_seconds: float
     memory_bytes: int
+    packed_layers: int
     last_used: float
     active: int
     queued: int

@@ -354,7 +354,7 @@ def scripted():
         eos = frozenset({tokenizer.eos_token_id})
         worker = ModelWorker(lm, tokenizer, eos, settings.max_batch, settings.max_queue)
         profile = ModelProfile(spec, tokenizer, 4096, n_layers=1, n_heads=1)
-        return LoadedModel(profile, lm, worker, eos, 0.0)
+        return LoadedModel(profile, worker, eos, 0.0)
 
     models.cache.clear()
     with pytest.MonkeyPatch.context() as patch:

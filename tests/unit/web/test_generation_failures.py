@@ -23,7 +23,7 @@ def client(fresh_cache, model_root, monkeypatch):
         lm = ScriptedLM({tuple(TOKENIZER.encode("ab")): [*TOKENIZER.encode("cde"), FAIL]})
         worker = ModelWorker(lm, TOKENIZER, frozenset(), settings.max_batch, settings.max_queue)
         profile = ModelProfile(spec, TOKENIZER, 64, n_layers=1, n_heads=1)
-        return LoadedModel(profile, lm, worker, frozenset(), 0.0)
+        return LoadedModel(profile, worker, frozenset(), 0.0)
 
     monkeypatch.setattr(fresh_cache, "loader", load)
     app = create_app({"model_root": model_root})
