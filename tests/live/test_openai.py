@@ -385,8 +385,11 @@ def test_errors_are_the_clients_typed_errors_with_our_message(server, start_serv
     )
     stop = threading.Event()
     running = [threading.Thread(target=_keep_streaming, args=(busy, i, stop)) for i in range(2)]
-    for thread in running:
-        thread.start()
+    # One after the other: two arriving together could both find the model loading, and the
+    # second the queue (of one) already taken by the first.
+    running[0].start()
+    wait_for(lambda: _stats(busy, "slow-gpt2")["active"] == 1, timeout=60, message="a stream")
+    running[1].start()
     try:  # one stream decodes, one waits in the queue: the queue is full
         wait_for(
             lambda: (
