@@ -4,17 +4,19 @@ In one run, on the same model and machine, for the seed's default sampling
 (temperature 0.7, top-p 0.95) and for greedy decoding:
 - in-process `model.generate` at batch 1/4/8/16 with the same parameters
   (`do_sample=True`, fixed length), median of `--runs`, measured just before the
-  server's figure for the same size (the server idles meanwhile);
+  server's figure for the same size (the server idles meanwhile); on a CPU in
+  float32, also `generate` with the linear layers packed for oneDNN as the server
+  packs them (app/models/packing.py), the like-for-like baseline;
 - the server with 1/4/8/16 concurrent streams: aggregate tokens/s, time to first
   token, p50/p99 gap between tokens (medians of `--runs`), and /health latency
   under that load (one more run);
 - joining: 4 streams are running and a 900-token prompt joins. The running
   streams' largest gap between tokens against their median gap, and the joiner's
   first-token time against its solo prefill plus one step (medians of `--runs`):
-  the solo prefill both in process and as the same server's first token for the
-  prompt with nothing running, measured in each try just before the join (a shared
-  machine's speed drifts by a quarter between minutes), the step being the running
-  streams' median gap in that try.
+  the solo prefill both in process (packed where the server packs) and as the same
+  server's first token for the prompt with nothing running, measured in each try
+  just before the join (a shared machine's speed drifts by a quarter between
+  minutes), the step being the running streams' median gap in that try.
 
 Prints a table; writes the figures as JSON too (`--json`).
 
@@ -51,13 +53,21 @@ def ensure_model(name: str):
 
 
 class InProcess:
-    """The baseline: `model.generate` on the same model and device, in this process."""
+    """The baseline: `model.generate` on the same model and device, in this process.
 
-    def __init__(self, path, prompts: dict, device, dtype) -> None:
+    With `packed`, the model's linear layers are first packed for oneDNN as the server
+    packs them (app/models/packing.py; float32 on a CPU only): the same kernels as the
+    server, so that the ratio measures the serving alone.
+    """
+
+    def __init__(self, path, prompts: dict, device, dtype, packed: bool = False) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from app.models.packing import pack_linear_layers
 
         tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.packed = packed and pack_linear_layers(self.model) > 0
         self.model.generation_config.pad_token_id = tokenizer.eos_token_id
         self.ids = tokenizer(prompts["short"], return_tensors="pt")["input_ids"].to(device)
         self.long_ids = tokenizer(prompts["long"], return_tensors="pt")["input_ids"].to(device)
@@ -280,7 +290,14 @@ def main() -> None:
     }
     dtype = getattr(torch, args.dtype)
     generate = InProcess(path, prompts, args.device, dtype)
-    baseline: dict = {"rates": {}, "join_prompt_tokens": generate.long_ids.shape[1]}
+    # Where the server packs its linear layers, the same kernels in process as well.
+    like = InProcess(path, prompts, args.device, dtype, packed=True)
+    like = like if like.packed else None
+    baseline: dict = {
+        "rates": {},
+        "packed_rates": {},
+        "join_prompt_tokens": generate.long_ids.shape[1],
+    }
     if args.with_cb:
         cb_sizes = [n for n in sizes if n in (1, 8)]
         baseline["cb_rates"] = continuous_batching(
@@ -311,6 +328,9 @@ def main() -> None:
                 # drifts between minutes, and a ratio should not measure that.
                 rate = generate.rate(n, args.new_tokens, MODES[mode], args.runs)
                 baseline["rates"][mode][n] = rate
+                if like is not None:
+                    packed = like.rate(n, args.new_tokens, MODES[mode], args.runs)
+                    baseline["packed_rates"].setdefault(mode, {})[n] = packed
                 server[mode][n] = measure(live, {**body, **MODES[mode]}, n, args.runs)
         join = joining(
             live,
@@ -318,7 +338,7 @@ def main() -> None:
             prompts["long"],
             args.new_tokens,
             args.runs,
-            generate.prefill,
+            (like or generate).prefill,
         )
     report = {
         "model": args.model,
@@ -348,16 +368,27 @@ def _print(report: dict, sizes: list[int], modes: list[str]) -> None:
         f"{report['prompt_tokens']}-token prompt, {report['new_tokens']} new tokens, "
         f"medians of {report['runs']}"
     )
+    packed = base["packed_rates"]
+    if packed:
+        print(
+            "generate: in-process model.generate as loaded; packed: the same with its linear "
+            "layers packed for oneDNN, as the server runs them (ratio: server over each)"
+        )
     print(
-        f"{'mode':>8} {'batch':>5} {'generate':>9} {'server':>9} {'ratio':>6} {'ttft ms':>8} "
+        f"{'mode':>8} {'batch':>5} {'generate':>9} {'packed':>9} {'server':>9} {'ratio':>6} "
+        f"{'packed':>6} {'ttft ms':>8} "
         f"{'gap p50':>8} {'gap p99':>8} {'health p50':>10} {'health p99':>10}"
     )
     for mode in modes:
         for n in sizes:
             s, rate = server[mode][n], base["rates"][mode][n]
+            like = packed.get(mode, {}).get(n)
+            like_rate, like_ratio = (
+                (f"{like:>9.1f}", f"{s['aggregate_tok_s'] / like:>6.2f}") if like else ("-", "-")
+            )
             print(
-                f"{mode:>8} {n:>5} {rate:>9.1f} {s['aggregate_tok_s']:>9.1f} "
-                f"{s['aggregate_tok_s'] / rate:>6.2f} {s['ttft_ms_p50']:>8.0f} "
+                f"{mode:>8} {n:>5} {rate:>9.1f} {like_rate:>9} {s['aggregate_tok_s']:>9.1f} "
+                f"{s['aggregate_tok_s'] / rate:>6.2f} {like_ratio:>6} {s['ttft_ms_p50']:>8.0f} "
                 f"{s['gap_ms_p50']:>8.1f} {s['gap_ms_p99']:>8.1f} {s['health_ms_p50']:>10.1f} "
                 f"{s['health_ms_p99']:>10.1f}"
             )
