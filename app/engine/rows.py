@@ -55,6 +55,7 @@ class PrefillPace:
 
     STEPS = 1.7
     MIN_TOKENS = 16  # progress even when a step is cheap next to a prompt token
+    PROBE_TOKENS = 32  # the first chunk beside running rows, before prompt work is measured
 
     def __init__(self, chunk: int, keys_per_token: float = math.inf) -> None:
         self.chunk = chunk
@@ -78,8 +79,13 @@ class PrefillPace:
     def budget(self, mixed: bool = True) -> float:
         """Prompt work (token-equivalents) for the next round (in the step's pass if `mixed`)."""
         cap = self.work(0, self.chunk)  # `chunk` tokens at the start of a prompt
-        if self._step_s is None or self._work_s is None:
-            return cap
+        if self._step_s is None:
+            return cap  # nothing decodes yet: no one to keep waiting
+        if self._work_s is None:
+            # Rows decode, but what a prompt token costs beside them is not known yet: a
+            # small first chunk measures it. (A whole chunk first had cost the running rows
+            # a gap of 4 steps, where steps are cheap next to prompt tokens.)
+            return min(cap, self.work(0, self.PROBE_TOKENS))
         steps = self.STEPS if mixed else self.STEPS - 1
         fit = min(cap, steps * self._step_s / self._work_s)
         return max(float(min(self.MIN_TOKENS, self.chunk)), fit)
