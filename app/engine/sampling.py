@@ -8,6 +8,7 @@ alone; `BatchSampler` chooses for every row of a batch with tensor operations ov
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -115,8 +116,10 @@ class Sampler:
             token = scores.argmax(dim=-1)
         else:
             probs = self._truncate(seen, scores).softmax(dim=-1)
-            token = torch.multinomial(probs, 1, generator=self.generator)[:, 0]
-        token_id = int(token.item())
+            (token,) = draw(probs, [self.generator])
+            if isinstance(token, Exception):
+                raise token
+        token_id = int(token)
         self.record(token_id)
         if not self.params.logprobs:
             return Choice(token_id)
@@ -236,16 +239,39 @@ def _draw(scores: torch.Tensor, rows: _Rows, samplers: Sequence[Sampler]) -> lis
         scores = scores.masked_fill(scores < _cutoffs(scores, rows), float("-inf"))
     sampled = scores if len(rows.sampled) == len(samplers) else scores[rows.sampled]
     probs = sampled.softmax(dim=-1)
-    drawn = {}
-    for j, i in enumerate(rows.sampled):
-        # The same call on the same row of probabilities as Sampler.choose: the same draw.
-        try:
-            drawn[i] = torch.multinomial(probs[j : j + 1], 1, generator=samplers[i].generator)
-        except RuntimeError as exc:  # this row's probabilities are broken (NaN)
-            tokens[i] = exc
-    if drawn:
-        for i, token in zip(drawn, torch.cat(list(drawn.values())).flatten().tolist(), strict=True):
-            tokens[i] = token
+    # The same draw on the same row of probabilities as Sampler.choose: the same token.
+    generators = [samplers[i].generator for i in rows.sampled]
+    for i, token in zip(rows.sampled, draw(probs, generators), strict=True):
+        tokens[i] = token
+    return tokens
+
+
+def draw(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> list[int | Exception]:
+    """One token per row of `probs` [rows, vocab], row i drawn with `generators[i]`.
+
+    Inverse-CDF sampling: one uniform number per row from the row's own generator, looked
+    up in the row's cumulative probabilities (float64, so 50,000 float32 terms sum without
+    visible rounding). `torch.multinomial` draws one exponential number per vocabulary
+    entry for a single sample, about 1 ms a row for a 50,257-token vocabulary on this
+    project's CPU: at 16 rows, a fifth of a decoding step. A row whose probabilities are
+    not a distribution (NaN from a broken model) gets a RuntimeError instead of a token.
+    """
+    cumulative = probs.double().cumsum(dim=-1)  # [rows, vocab]
+    totals = cumulative[:, -1]
+    uniforms = torch.cat(
+        [torch.rand(1, generator=g, dtype=torch.float64, device=probs.device) for g in generators]
+    )
+    # right=True: the first entry whose cumulative probability exceeds u * total, which
+    # never is a token of probability 0 (those repeat the previous entry's cumulative sum).
+    found = torch.searchsorted(cumulative, (uniforms * totals)[:, None], right=True)[:, 0]
+    tokens: list[int | Exception] = []
+    for row, (token, total) in enumerate(zip(found.tolist(), totals.tolist(), strict=True)):
+        if not 0 < total < math.inf:
+            tokens.append(RuntimeError("the probabilities are not a distribution (NaN or inf)"))
+        elif token >= probs.shape[-1] or probs[row, token] <= 0:  # u * total rounded up
+            tokens.append(int(probs[row].nonzero()[-1]))  # the last possible token
+        else:
+            tokens.append(token)
     return tokens
 
 

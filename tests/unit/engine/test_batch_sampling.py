@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from app.engine import GenerationJob, ModelTask, ModelWorker, SamplingParams, TokenEvent
-from app.engine.sampling import BatchSampler, Sampler
+from app.engine.sampling import BatchSampler, Sampler, draw
 from tests.support.tiny_models import MODEL_IDS
 
 CPU = torch.device("cpu")
@@ -177,3 +177,28 @@ def test_a_seeded_request_gives_the_same_tokens_alone_and_batched(model_root, mo
     together = _run(model, [others[0], GenerationJob(prompt, seeded), *others[1:]])
     assert len(alone) == 12
     assert together[1] == alone
+
+
+def test_the_draw_follows_the_probabilities_and_never_picks_an_impossible_token():
+    """Inverse-CDF draws: frequencies match, zero-probability tokens (top-p's cut, -inf
+    logits) never come, and a broken row fails alone."""
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    counts = torch.zeros_like(probs)
+    generators = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)]
+    for _ in range(4000):
+        for row, token in enumerate(draw(probs, generators)):
+            counts[row, token] += 1
+    assert counts[probs == 0].sum() == 0
+    assert torch.allclose(counts[0] / 4000, probs[0], atol=0.03)
+    assert counts[1, 5] == 4000
+    broken = torch.tensor([[0.5, float("nan"), 0.5], [0.2, 0.3, 0.5]])
+    first, second = draw(broken, generators)
+    assert isinstance(first, RuntimeError) and second in (0, 1, 2)
+
+
+def test_a_row_draws_the_same_token_alone_and_in_a_batch():
+    probs = torch.softmax(torch.randn((5, 1000), generator=torch.Generator().manual_seed(7)), -1)
+    together = draw(probs, [torch.Generator().manual_seed(s) for s in range(5)])
+    alone = [draw(probs[i : i + 1], [torch.Generator().manual_seed(i)])[0] for i in range(5)]
+    assert together == alone
+    assert len(set(together)) > 1  # different seeds, different draws (1,000 tokens)
