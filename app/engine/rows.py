@@ -62,6 +62,7 @@ class PrefillPace:
         self._keys = keys_per_token
         self._step_s: float | None = None
         self._work_s: float | None = None  # seconds per token-equivalent
+        self._measured = 0.0  # the most prompt work measured in one pass beside rows
 
     def work(self, start: int, tokens: int) -> float:
         """Token-equivalents of prompt tokens start..start+tokens-1."""
@@ -87,7 +88,10 @@ class PrefillPace:
             # a gap of 4 steps, where steps are cheap next to prompt tokens.)
             return min(cap, self.work(0, self.PROBE_TOKENS))
         steps = self.STEPS if mixed else self.STEPS - 1
-        fit = min(cap, steps * self._step_s / self._work_s)
+        # At most twice what has been measured: an estimate from one small pass is noisy
+        # (its marginal cost is a few ms next to the step), and a chunk sized on a low one
+        # had cost the rows a gap of 3.5 steps.
+        fit = min(cap, steps * self._step_s / self._work_s, 2 * self._measured)
         return max(float(min(self.MIN_TOKENS, self.chunk)), fit)
 
     def stepped(self, seconds: float) -> None:
@@ -103,6 +107,7 @@ class PrefillPace:
         if self._step_s is None:
             return
         work_s = max(seconds - self._step_s, 0.1 * seconds) / max(work, 1.0)
+        self._measured = max(self._measured, work)
         previous = self._work_s
         self._work_s = work_s if previous is None else 0.5 * previous + 0.5 * work_s
 

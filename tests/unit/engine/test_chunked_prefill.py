@@ -243,6 +243,8 @@ def test_the_pace_fits_the_chunk_in_a_few_steps():
     pace.stepped(0.050)
     assert pace.budget() == pace.work(0, PrefillPace.PROBE_TOKENS)  # rows run: probe first
     pace.prefilled(64, 0.0756)  # a CPU: 64 units added 25.6 ms to a 50 ms step, 0.4 ms each
+    assert pace.budget() == 128  # no more than twice the most measured in one pass
+    pace.prefilled(128, 0.1012)  # the same 0.4 ms a unit
     assert pace.budget() == pytest.approx(212.5)  # STEPS (1.7) steps' time of work a step
     assert pace.budget(mixed=False) == pytest.approx(87.5)  # a pass of its own: a step more
     assert pace.tokens(0, pace.budget()) == 194  # fewer tokens than units: positions cost
