@@ -290,9 +290,12 @@ def main() -> None:
     }
     dtype = getattr(torch, args.dtype)
     generate = InProcess(path, prompts, args.device, dtype)
-    # Where the server packs its linear layers, the same kernels in process as well.
-    like = InProcess(path, prompts, args.device, dtype, packed=True)
-    like = like if like.packed else None
+    # Where the server packs its linear layers (float32 on a CPU), the same kernels in
+    # process as well; elsewhere no second copy of the model is loaded.
+    like = None
+    if args.device == "cpu" and dtype == torch.float32:
+        like = InProcess(path, prompts, args.device, dtype, packed=True)
+        like = like if like.packed else None
     baseline: dict = {
         "rates": {},
         "packed_rates": {},

@@ -39,10 +39,12 @@ class GrowingLayer(DynamicLayer):
         self._reserve = reserve  # columns to allocate at the first update (a prompt's length)
         super().__init__()
 
+    def _filled(self, buffer: torch.Tensor | None) -> torch.Tensor | None:
+        return None if buffer is None else buffer[..., : self._columns, :]
+
     @property
     def keys(self) -> torch.Tensor | None:
-        buffer = self._key_buffer
-        return None if buffer is None else buffer[..., : self._columns, :]
+        return self._filled(self._key_buffer)
 
     @keys.setter
     def keys(self, tensor: torch.Tensor | None) -> None:
@@ -51,8 +53,7 @@ class GrowingLayer(DynamicLayer):
 
     @property
     def values(self) -> torch.Tensor | None:
-        buffer = self._value_buffer
-        return None if buffer is None else buffer[..., : self._columns, :]
+        return self._filled(self._value_buffer)
 
     @values.setter
     def values(self, tensor: torch.Tensor | None) -> None:

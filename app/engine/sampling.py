@@ -263,12 +263,15 @@ def draw(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> list[int
     )
     # right=True: the first entry whose cumulative probability exceeds u * total, which
     # never is a token of probability 0 (those repeat the previous entry's cumulative sum).
-    found = torch.searchsorted(cumulative, (uniforms * totals)[:, None], right=True)[:, 0]
+    found = torch.searchsorted(cumulative, (uniforms * totals)[:, None], right=True)
+    found = found.clamp_max(probs.shape[-1] - 1)  # u * total rounded up to the total
+    chosen = probs.gather(1, found)[:, 0].tolist()  # > 0, unless it rounded up past the end
     tokens: list[int | Exception] = []
-    for row, (token, total) in enumerate(zip(found.tolist(), totals.tolist(), strict=True)):
+    rows = zip(found[:, 0].tolist(), chosen, totals.tolist(), strict=True)
+    for row, (token, probability, total) in enumerate(rows):
         if not 0 < total < math.inf:
             tokens.append(RuntimeError("the probabilities are not a distribution (NaN or inf)"))
-        elif token >= probs.shape[-1] or probs[row, token] <= 0:  # u * total rounded up
+        elif probability <= 0:
             tokens.append(int(probs[row].nonzero()[-1]))  # the last possible token
         else:
             tokens.append(token)
