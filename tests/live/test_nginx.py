@@ -370,6 +370,33 @@ def test_request_reaching_a_stopping_replica_is_refused_and_retried(replicas):
         direct.close()
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="worker_processes auto: one nginx worker")
+def test_all_nginx_workers_share_a_replicas_failures(replicas):
+    """A replica marked down is down for every nginx worker (the upstream's `zone`).
+
+    Without the shared zone each worker counted failures of its own: one worker could use a
+    replica back from a restart while another still had it marked down, and that worker
+    answered `502 no live upstreams` once the next replica stopped (a rolling restart).
+    """
+    a = replicas.addresses()[0]
+    dead = f"127.0.0.1:{free_port()}"  # refuses connections, as a stopped replica does
+    with Nginx([a, dead]) as front:
+        for _ in range(40):  # a new connection each, so that both workers get some
+            answer = requests.post(
+                front.url("/tokenize"),
+                json={"prompt": "Hi"},
+                headers={"Connection": "close"},
+                timeout=10,
+            )
+            assert answer.status_code == 200, answer.text
+        log = front.access_log()
+    workers = {entry["nginx_pid"] for entry in log}
+    attempts = sum(entry["upstream_addr"].split(", ").count(dead) for entry in log)
+    assert len(workers) >= 2, f"all 40 connections went to one nginx worker: {workers}"
+    # max_fails=3 in all, well within fail_timeout (5 s); per worker it had been 3 each.
+    assert attempts == 3, (attempts, [entry["upstream_addr"] for entry in log])
+
+
 def test_rolling_restart_under_load(replicas):
     """Both replicas restarted in turn while 8 clients stream and generate for 30 s."""
     a, b = replicas.addresses()
