@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,26 +45,32 @@ class PrefillPace:
     Prompt work is counted in token-equivalents: a prompt token at position p costs
     1 + p / K, where K (`keys_per_token`) is the number of keys whose attention costs
     as much as the token's matrix products (see `keys_per_token`), so a chunk late in
-    a long prompt counts for what it costs. At most `chunk` tokens a round, and no
-    more work than costs `STEPS` decoding steps' time, judged from recent steps and
-    the marginal cost of prompt work in recent passes: a running stream's gap then
-    stays within about 1 + STEPS steps whatever the device (a step on a GPU costs as
-    much as hundreds of prompt tokens, on a CPU as much as a few dozen). In a mixed
-    pass the chunk rides on the step; a chunk in a pass of its own also pays that
-    pass's fixed cost (about a step: reading the weights), so it gets a step less.
-    STEPS trades the running streams' largest gap against the joiner's first token.
+    a long prompt counts for what it costs. At most `chunk` tokens a round, and a
+    round no longer than `GAP_STEPS` rounds of the rows alone: the time a running
+    stream waits for its next token, whatever the device (a step on a GPU costs as
+    much as hundreds of prompt tokens, on a CPU as much as a few dozen).
+
+    The budget is a round's target time over its cost per unit of work, the whole
+    round's time over its work, as last measured. Part of a round costs the same
+    whatever its work (the rows' step, and reading the weights once for all tokens),
+    so that estimate is too high for a larger chunk and too low for a smaller one:
+    budgets grow towards the work whose round takes the target time and never pass it
+    (W' = W T*/T(W), with T(W) = c + wW and c >= 0, rises to T(W*) = T* from below).
+    Rounds of one mixed pass and rounds of separate passes (the chunks', then the
+    step) are measured apart, as their fixed parts differ. GAP_STEPS trades the
+    running streams' largest gap against the joiner's first token.
     """
 
-    STEPS = 1.7
+    GAP_STEPS = 2.5
     MIN_TOKENS = 16  # progress even when a step is cheap next to a prompt token
     PROBE_TOKENS = 32  # the first chunk beside running rows, before prompt work is measured
 
     def __init__(self, chunk: int, keys_per_token: float = math.inf) -> None:
         self.chunk = chunk
         self._keys = keys_per_token
-        self._step_s: float | None = None
-        self._work_s: float | None = None  # seconds per token-equivalent
-        self._measured = 0.0  # the most prompt work measured in one pass beside rows
+        self._steps: deque[float] = deque(maxlen=9)  # recent rounds of the rows alone (s)
+        self._round_s: dict[bool, float] = {}  # a round's seconds per unit of work, by mixed
+        self._measured = 0.0  # the most prompt work measured in one round beside rows
 
     def work(self, start: int, tokens: int) -> float:
         """Token-equivalents of prompt tokens start..start+tokens-1."""
@@ -78,38 +86,45 @@ class PrefillPace:
         return max(1, min(self.chunk, math.ceil(fit - 1e-6)))
 
     def budget(self, mixed: bool = True) -> float:
-        """Prompt work (token-equivalents) for the next round (in the step's pass if `mixed`)."""
+        """Prompt work (token-equivalents) for the next round (one mixed pass if `mixed`)."""
         cap = self.work(0, self.chunk)  # `chunk` tokens at the start of a prompt
-        if self._step_s is None:
+        if self._step_seconds is None:
             return cap  # nothing decodes yet: no one to keep waiting
-        if self._work_s is None:
+        per_work = self._round_s.get(mixed)
+        if per_work is None:
             # Rows decode, but what a prompt token costs beside them is not known yet: a
             # small first chunk measures it. (A whole chunk first had cost the running rows
             # a gap of 4 steps, where steps are cheap next to prompt tokens.)
             return min(cap, self.work(0, self.PROBE_TOKENS))
-        steps = self.STEPS if mixed else self.STEPS - 1
-        # At most twice what has been measured: an estimate from one small pass is noisy
-        # (its marginal cost is a few ms next to the step), and a chunk sized on a low one
-        # had cost the rows a gap of 3.5 steps.
-        fit = min(cap, steps * self._step_s / self._work_s, 2 * self._measured)
+        # At most twice what has been measured: one small round's time is noisy, and the
+        # budget grows from it in a few rounds anyway.
+        fit = min(cap, self.GAP_STEPS * self._step_seconds / per_work, 2 * self._measured)
         return max(float(min(self.MIN_TOKENS, self.chunk)), fit)
 
-    def stepped(self, seconds: float) -> None:
-        """A decoding step of the running rows took this long."""
-        self._step_s = seconds if self._step_s is None else 0.7 * self._step_s + 0.3 * seconds
+    def probing(self, mixed: bool = True) -> bool:
+        """Whether the next budget is the probe: rows decode, and a round's cost per unit of
+        prompt work beside them has not been measured yet."""
+        return self._step_seconds is not None and mixed not in self._round_s
 
-    def prefilled(self, work: float, seconds: float) -> None:
-        """A pass with this much prompt work (padding included), and a step's worth of
-        other work (the rows' step, or a pass's fixed cost), took this long."""
-        # What the prompt added: a pass of few tokens costs about a step however few they
-        # are, and charging that to them would ration the next chunks ever smaller. Before
-        # any step there is nothing to tell the two apart (the budget is `chunk` till then).
-        if self._step_s is None:
-            return
-        work_s = max(seconds - self._step_s, 0.1 * seconds) / max(work, 1.0)
+    @property
+    def _step_seconds(self) -> float | None:
+        """A round of the rows alone: the median of recent ones, so that one slowed by
+        something else on the machine (another process starting) does not size chunks."""
+        return statistics.median(self._steps) if self._steps else None
+
+    def stepped(self, seconds: float) -> None:
+        """A round of the running rows, with no prompt work, took this long."""
+        self._steps.append(seconds)
+
+    def prefilled(self, work: float, seconds: float, mixed: bool = True) -> None:
+        """A round of the running rows with this much prompt work (padding included) took
+        this long; `mixed`: in one pass with the rows' step."""
+        if self._step_seconds is None:
+            return  # nothing to compare with (the budget is `chunk` till a step is measured)
         self._measured = max(self._measured, work)
-        previous = self._work_s
-        self._work_s = work_s if previous is None else 0.5 * previous + 0.5 * work_s
+        per_work = seconds / max(work, 1.0)
+        previous = self._round_s.get(mixed)
+        self._round_s[mixed] = per_work if previous is None else 0.5 * (previous + per_work)
 
 
 def keys_per_token(model: CausalLM) -> float:
@@ -157,6 +172,7 @@ class JobBatch:
         self.solos: list[tuple[GenerationJob, SoloSequence]] = []  # in arrival order
         self._sampler = BatchSampler()  # keeps per-row parameter tensors while the rows stay
         self._can_mix = supports(model) and full_attention(model)
+        self._round_work = 0.0  # prompt work of the round under way (PrefillPace units)
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -178,10 +194,8 @@ class JobBatch:
 
     def add(self, jobs: Sequence[GenerationJob]) -> list[GenerationJob]:
         """Prefill `jobs` together and make them rows; a failed prefill is retried per job."""
-        started = time.perf_counter()
         try:
             step = self.batch.prefill([j.prompt_ids for j in jobs], [j.watch for j in jobs])
-            self.pace.prefilled(self._work(jobs), time.perf_counter() - started)
         except Exception as exc:  # the prefill never touched the running rows' cache
             if len(jobs) == 1:
                 fail(jobs[0], exc)
@@ -190,6 +204,7 @@ class JobBatch:
                 "a prefill of %d prompts failed (%s); prefilling each alone", len(jobs), exc
             )
             return [ended for job in jobs for ended in self.add([job])]
+        self._round_work += self._work(jobs)
         self._counters.prefills += 1
         first = len(self.jobs)
         self.jobs += jobs
@@ -201,10 +216,19 @@ class JobBatch:
 
     def advance(self) -> list[GenerationJob]:
         """One round: some of the joining prompts, and one token for every decoding job."""
+        started = time.perf_counter()
         ended = self._drop_cancelled()
-        if self._mixing():
-            return ended + self._mixed_round()
-        return ended + self._prefill_alone() + self._step()
+        waited = bool(self.jobs or self._decoding())  # streams that wait for this round
+        self._round_work = 0.0
+        mixing = self._mixing()
+        ended += self._mixed_round() if mixing else self._prefill_alone() + self._step()
+        if waited:  # the whole round, sampling and rows joining included: the streams' gap
+            seconds = time.perf_counter() - started
+            if self._round_work:
+                self.pace.prefilled(self._round_work, seconds, mixed=mixing)
+            else:
+                self.pace.stepped(seconds)
+        return ended
 
     def _mixing(self) -> bool:
         jobs = [*self.jobs, *self.waiting, *(job for job, _ in self.solos)]
@@ -218,7 +242,6 @@ class JobBatch:
         feeding += self._prompt_parts()
         if not self.jobs and not feeding:
             return []
-        started = time.perf_counter()
         try:
             step, logits = self.batch.mixed_step(
                 [job.last_token for job in self.jobs], [part for _, _, part in feeding]
@@ -234,13 +257,8 @@ class JobBatch:
                 log.warning("mixed passes are off for this batch: its parts ran alone")
                 self._can_mix = False
             return ended
-        seconds = time.perf_counter() - started
         prompt = [part for _, solo, part in feeding if solo.remaining]
-        if prompt:
-            work = sum(self.pace.work(part.start, len(part.tokens)) for part in prompt)
-            self.pace.prefilled(work, seconds)
-        else:
-            self.pace.stepped(seconds)
+        self._round_work += sum(self.pace.work(part.start, len(part.tokens)) for part in prompt)
         if self.jobs or any(not solo.remaining for _, solo, _ in feeding):
             self._counters.decode_steps += 1
         if any(part.wants_logits and solo.remaining for _, solo, part in feeding):
@@ -290,14 +308,19 @@ class JobBatch:
         """Prompt tokens for this pass: a prompt's passes are counted at its first chunk and
         share its work about equally. 900 tokens at 128 a pass go in as 8 of about 113, not
         7 of 128 and a last one of 4 (a pass that costs the running streams a step and the
-        joiner almost nothing). Should the plan's share stray more than a fifth from the
-        budget, which follows the device, the rest is counted again."""
+        joiner almost nothing). Should the plan's share stray more than a tenth from the
+        budget, which follows the device, the rest is counted again. A probe's chunk is not
+        planned: the passes are counted on the first budget that follows a measured round
+        (counted on the probe's, a 900-token prompt had gone in as 31 passes of the probe's
+        size where the budget allowed a sixth more)."""
+        if self.pace.probing():
+            return min(self.pace.tokens(solo.done, budget), solo.remaining)
         remaining = self.pace.work(solo.done, solo.remaining)
         budget = max(min(budget, self.pace.work(solo.done, self.pace.chunk)), 1.0)
         if solo.passes_left is None:
             solo.passes_left = math.ceil(remaining / budget)
         share = remaining / max(solo.passes_left, 1)
-        if not 0.8 * budget <= share <= 1.2 * budget and remaining > budget:
+        if not 0.9 * budget <= share <= 1.1 * budget and remaining > budget:
             solo.passes_left = math.ceil(remaining / budget)
             share = remaining / solo.passes_left
         solo.passes_left -= 1
@@ -352,10 +375,9 @@ class JobBatch:
             start, tokens = solo.done, min(self.pace.tokens(solo.done, budget), solo.remaining)
             work = self.pace.work(start, tokens)
             budget -= work
-            started = time.perf_counter()
+            self._round_work += work
             try:
                 step = solo.advance(tokens)
-                self.pace.prefilled(work, time.perf_counter() - started)
             except Exception as exc:  # its own cache: the running rows are untouched
                 self.solos.remove(partial)
                 fail(job, exc)
@@ -375,15 +397,12 @@ class JobBatch:
         self._make_rows(cheap_only=False)
         if not self.jobs:
             return []
-        started = time.perf_counter()
         try:
             step = self.batch.step([job.last_token for job in self.jobs])
         except Exception as exc:  # the batch has been rolled back to before this step
             return self._step_rows_alone(exc)
         self._counters.decode_steps += 1
-        ended = self._take(step, 0)
-        self.pace.stepped(time.perf_counter() - started)  # the forward pass and the sampling
-        return ended
+        return self._take(step, 0)
 
     # -- both --
 

@@ -234,22 +234,112 @@ def test_a_request_cancelled_while_its_prompt_goes_in_ends_cancelled():
     assert done.finish_reason == "cancelled" and done.generated_tokens == 0
 
 
-def test_the_pace_fits_the_chunk_in_a_few_steps():
+class _GivenPace(PrefillPace):
+    """A probe's budget until a round with prompt work is measured, then `measured`'s."""
+
+    def __init__(self, chunk: int, probe: float, measured: float) -> None:
+        super().__init__(chunk)
+        self.given, self.measured, self.rounds = probe, measured, 0
+
+    def probing(self, mixed: bool = True) -> bool:
+        return self.rounds == 0
+
+    def budget(self, mixed: bool = True) -> float:
+        return self.given if self.probing() else self.measured
+
+    def prefilled(self, work: float, seconds: float, mixed: bool = True) -> None:
+        self.rounds += 1
+
+
+def test_a_prompts_passes_are_planned_on_the_first_measured_budget(model_root):
+    model = AutoModelForCausalLM.from_pretrained(model_root / "tiny-gpt2").eval()
+    group = JobBatch(model, PassCounters(), prefill_chunk=16)  # LONG (37) takes chunks
+    group.pace = _GivenPace(16, probe=4, measured=10)
+    greedy = SamplingParams(max_new_tokens=20, temperature=0, ignore_eos=True)
+    running, joining = GenerationJob(SHORT, greedy), GenerationJob(LONG, greedy)
+    for job in (running, joining):
+        job.begin(_Numbers(), frozenset(), torch.device("cpu"))
+    assert group.add([running]) == []
+    group.wait([joining])
+    group.advance()  # the probe: 4 tokens, and no plan made on them
+    (solo,) = [solo for _, solo in group.solos]
+    assert solo.done == 4 and solo.passes_left is None
+    fed = [solo.done]
+    while solo.remaining:
+        group.advance()
+        fed.append(solo.done)
+    # The 33 tokens left, planned on the measured budget: 4 passes of about 8 (not 9 of 4).
+    assert [b - a for a, b in zip(fed, fed[1:], strict=False)] == [9, 8, 8, 8]
+
+
+def test_the_pace_counts_prompt_work_by_position():
     pace = PrefillPace(chunk=256, keys_per_token=1000)
-    assert pace.budget() == pace.work(0, 256)  # nothing measured yet: a chunk's work
+    assert pace.budget() == pace.work(0, 256)  # nothing decodes yet: a whole chunk
     assert pace.work(0, 100) == 105  # positions 0..99 cost 1 + p / 1000 each: 5 extra
     assert pace.work(900, 100) == 195
     assert pace.tokens(900, 195) == 100 and pace.tokens(0, 105) == 100
+    assert pace.tokens(0, 10_000) == 256  # never more than a chunk
+
+
+def _rounds(pace: PrefillPace, fixed: float, per_unit: float, n: int) -> list[float]:
+    """Run n rounds whose time is `fixed` + `per_unit` x work; the rounds' times."""
+    times = []
+    for _ in range(n):
+        work = pace.budget()
+        times.append(fixed + per_unit * work)
+        pace.prefilled(work, times[-1])
+    return times
+
+
+@pytest.mark.parametrize(
+    ("fixed", "per_unit"),
+    [(0.030, 0.001), (0.045, 0.0009), (0.010, 0.0015)],  # CPUs: a step is a few dozen tokens
+)
+def test_rounds_with_prompt_work_grow_to_the_target_and_never_past_it(fixed, per_unit):
+    pace = PrefillPace(chunk=512)
+    for _ in range(5):
+        pace.stepped(0.030)
+    assert pace.probing() and pace.budget() == PrefillPace.PROBE_TOKENS
+    target = PrefillPace.GAP_STEPS * 0.030
+    times = _rounds(pace, fixed, per_unit, 12)
+    assert not pace.probing()
+    assert max(times) <= target + 1e-9  # never a round longer than GAP_STEPS steps
+    assert times[-1] >= 0.95 * target  # and not much shorter, once measured
+    assert times == sorted(times)  # from below
+
+
+def test_on_a_gpu_the_chunk_caps_the_round_after_a_few_rounds():
+    pace = PrefillPace(chunk=256)
+    pace.stepped(0.020)  # a step costs about as much as hundreds of prompt tokens
+    works = []
+    for _ in range(6):
+        works.append(pace.budget())
+        pace.prefilled(works[-1], 0.020 + 0.00002 * works[-1])
+    # The probe, then at most twice the most measured a round, up to the whole chunk.
+    assert works[:2] == [32, 64] and works[-1] == 256
+    assert all(b <= 2 * a for a, b in zip(works, works[1:], strict=False))
+
+
+def test_one_slow_step_does_not_size_the_next_chunks():
+    pace = PrefillPace(chunk=512)
+    for seconds in (0.030, 0.031, 0.029, 0.030, 0.120):  # the last slowed by another process
+        pace.stepped(seconds)
+    pace.prefilled(32, 0.060)
+    assert pace.budget() == pytest.approx(PrefillPace.GAP_STEPS * 0.030 / (0.060 / 32))
+
+
+def test_rounds_in_one_pass_and_in_passes_of_their_own_are_measured_apart():
+    pace = PrefillPace(chunk=512)
+    pace.stepped(0.030)
+    pace.prefilled(32, 0.050, mixed=True)
+    assert pace.probing(mixed=False) and pace.budget(mixed=False) == PrefillPace.PROBE_TOKENS
+    pace.prefilled(32, 0.070, mixed=False)  # the chunk's pass, then the step's
+    assert pace.budget(mixed=True) > pace.budget(mixed=False)
+    assert pace.budget(mixed=False) == pytest.approx(PrefillPace.GAP_STEPS * 0.030 / (0.070 / 32))
+
+
+def test_a_token_that_costs_more_than_a_step_still_makes_progress():
+    pace = PrefillPace(chunk=256)
     pace.stepped(0.050)
-    assert pace.budget() == pace.work(0, PrefillPace.PROBE_TOKENS)  # rows run: probe first
-    pace.prefilled(64, 0.0756)  # a CPU: 64 units added 25.6 ms to a 50 ms step, 0.4 ms each
-    assert pace.budget() == 128  # no more than twice the most measured in one pass
-    pace.prefilled(128, 0.1012)  # the same 0.4 ms a unit
-    assert pace.budget() == pytest.approx(212.5)  # STEPS (1.7) steps' time of work a step
-    assert pace.budget(mixed=False) == pytest.approx(87.5)  # a pass of its own: a step more
-    assert pace.tokens(0, pace.budget()) == 194  # fewer tokens than units: positions cost
-    assert pace.tokens(2000, pace.budget()) == 71
-    pace.prefilled(512, 0.060)  # a GPU: the chunk caps the round
-    assert pace.tokens(0, pace.budget()) == 256 and pace.tokens(2000, pace.budget()) < 256
-    pace.prefilled(1, 10.0)  # a token costs more than a step: still some progress
+    pace.prefilled(1, 10.0)
     assert pace.budget() == PrefillPace.MIN_TOKENS
