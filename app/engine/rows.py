@@ -70,6 +70,7 @@ class PrefillPace:
         self._keys = keys_per_token
         self._steps: deque[float] = deque(maxlen=9)  # recent rounds of the rows alone (s)
         self._round_s: dict[bool, float] = {}  # a round's seconds per unit of work, by mixed
+        self._rounds: dict[bool, int] = {}  # rounds with prompt work measured, by mixed
         self._measured = 0.0  # the most prompt work measured in one round beside rows
 
     def work(self, start: int, tokens: int) -> float:
@@ -123,7 +124,11 @@ class PrefillPace:
             return  # nothing to compare with (the budget is `chunk` till a step is measured)
         self._measured = max(self._measured, work)
         per_work = seconds / max(work, 1.0)
-        previous = self._round_s.get(mixed)
+        rounds = self._rounds[mixed] = self._rounds.get(mixed, 0) + 1
+        # The probe's round is no sample to keep: its fixed part weighs most on few tokens,
+        # and it also made the prompt's cache. Averaged in, it held the next rounds at three
+        # quarters of the target.
+        previous = self._round_s.get(mixed) if rounds > 2 else None
         self._round_s[mixed] = per_work if previous is None else 0.5 * (previous + per_work)
 
 
