@@ -169,14 +169,20 @@ def test_a_seeded_request_gives_the_same_tokens_alone_and_batched(model_root, mo
     seeded = SamplingParams(max_new_tokens=12, temperature=0.9, top_p=0.9, seed=42, ignore_eos=True)
     prompt = [5, 6, 7, 8]
     (alone,) = _run(model, [GenerationJob(prompt, seeded)])
+    # Seven batch-mates, each with parameters of its own: the seeded row is one of 8.
     others = [
         GenerationJob([9, 10], SamplingParams(max_new_tokens=20, temperature=1.0, ignore_eos=True)),
         GenerationJob([11] * 9, SamplingParams(max_new_tokens=5, temperature=0, ignore_eos=True)),
         GenerationJob([12, 13, 14], SamplingParams(12, top_k=3, repetition_penalty=1.2, seed=1)),
+        GenerationJob([5, 6, 7, 8], SamplingParams(12, temperature=0.9, top_p=0.9, seed=43)),
+        GenerationJob([15], SamplingParams(16, temperature=0.5, top_p=0.5, ignore_eos=True)),
+        GenerationJob([16, 17] * 3, SamplingParams(8, temperature=1.3, top_k=40, top_p=0.99)),
+        GenerationJob([18, 19, 20], SamplingParams(12, repetition_penalty=1.5, seed=7)),
     ]
     together = _run(model, [others[0], GenerationJob(prompt, seeded), *others[1:]])
-    assert len(alone) == 12
+    assert len(together) == 8 and len(alone) == 12
     assert together[1] == alone
+    assert together[4] != alone  # the same prompt and parameters with another seed differ
 
 
 def test_the_draw_follows_the_probabilities_and_never_picks_an_impossible_token():
