@@ -89,7 +89,7 @@ class PrefillPace:
     def budget(self, mixed: bool = True) -> float:
         """Prompt work (token-equivalents) for the next round (one mixed pass if `mixed`)."""
         cap = self.work(0, self.chunk)  # `chunk` tokens at the start of a prompt
-        if self._step_seconds is None:
+        if self.step_seconds is None:
             return cap  # nothing decodes yet: no one to keep waiting
         per_work = self._round_s.get(mixed)
         if per_work is None:
@@ -99,17 +99,17 @@ class PrefillPace:
             return min(cap, self.work(0, self.PROBE_TOKENS))
         # At most twice what has been measured: one small round's time is noisy, and the
         # budget grows from it in a few rounds anyway.
-        fit = min(cap, self.GAP_STEPS * self._step_seconds / per_work, 2 * self._measured)
+        fit = min(cap, self.GAP_STEPS * self.step_seconds / per_work, 2 * self._measured)
         return max(float(min(self.MIN_TOKENS, self.chunk)), fit)
 
     def probing(self, mixed: bool = True) -> bool:
         """Whether the next budget is the probe: rows decode, and a round's cost per unit of
         prompt work beside them has not been measured yet."""
-        return self._step_seconds is not None and mixed not in self._round_s
+        return self.step_seconds is not None and mixed not in self._round_s
 
     @property
-    def _step_seconds(self) -> float | None:
-        """A round of the rows alone: the median of recent ones, so that one slowed by
+    def step_seconds(self) -> float | None:
+        """A round of the rows alone (s): the median of recent ones, so that one slowed by
         something else on the machine (another process starting) does not size chunks."""
         return statistics.median(self._steps) if self._steps else None
 
@@ -117,19 +117,36 @@ class PrefillPace:
         """A round of the running rows, with no prompt work, took this long."""
         self._steps.append(seconds)
 
-    def prefilled(self, work: float, seconds: float, mixed: bool = True) -> None:
+    def prefilled(
+        self, work: float, seconds: float, mixed: bool = True, budget: float | None = None
+    ) -> None:
         """A round of the running rows with this much prompt work (padding included) took
-        this long; `mixed`: in one pass with the rows' step."""
-        if self._step_seconds is None:
+        this long; `mixed`: in one pass with the rows' step; `budget`: what sized it."""
+        if self.step_seconds is None:
             return  # nothing to compare with (the budget is `chunk` till a step is measured)
+        if budget is not None and not 0.8 * budget <= work <= 1.2 * budget:
+            # A round its budget did not size (a short prompt that went in whole): its fixed
+            # part weighs differently, and one 5-token round on a GPU-like device had cut
+            # the next budget from 256 tokens to 24.
+            return
         self._measured = max(self._measured, work)
-        per_work = seconds / max(work, 1.0)
+        per_work = max(seconds, 1e-9) / max(work, 1.0)
         rounds = self._rounds[mixed] = self._rounds.get(mixed, 0) + 1
         # The probe's round is no sample to keep: its fixed part weighs most on few tokens,
         # and it also made the prompt's cache. Averaged in, it held the next rounds at three
         # quarters of the target.
         previous = self._round_s.get(mixed) if rounds > 2 else None
         self._round_s[mixed] = per_work if previous is None else 0.5 * (previous + per_work)
+
+
+@dataclass
+class _Round:
+    """What one round of a JobBatch did, for its PrefillPace."""
+
+    work: float = 0.0  # prompt work fed (PrefillPace units)
+    budget: float | None = None  # the budget that sized it, where prompts waited
+    step_s: float | None = None  # the rows' own pass, where it ran apart from the chunks
+    clean: bool = True  # no pass raised (a fallback's time is no sample)
 
 
 def keys_per_token(model: CausalLM) -> float:
@@ -177,7 +194,7 @@ class JobBatch:
         self.solos: list[tuple[GenerationJob, SoloSequence]] = []  # in arrival order
         self._sampler = BatchSampler()  # keeps per-row parameter tensors while the rows stay
         self._can_mix = supports(model) and full_attention(model)
-        self._round_work = 0.0  # prompt work of the round under way (PrefillPace units)
+        self._round = _Round()  # what the round under way did, for the pace
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -202,6 +219,7 @@ class JobBatch:
         try:
             step = self.batch.prefill([j.prompt_ids for j in jobs], [j.watch for j in jobs])
         except Exception as exc:  # the prefill never touched the running rows' cache
+            self._round.clean = False
             if len(jobs) == 1:
                 fail(jobs[0], exc)
                 return list(jobs)
@@ -209,7 +227,7 @@ class JobBatch:
                 "a prefill of %d prompts failed (%s); prefilling each alone", len(jobs), exc
             )
             return [ended for job in jobs for ended in self.add([job])]
-        self._round_work += self._work(jobs)
+        self._round.work += self._work(jobs)
         self._counters.prefills += 1
         first = len(self.jobs)
         self.jobs += jobs
@@ -224,15 +242,19 @@ class JobBatch:
         started = time.perf_counter()
         ended = self._drop_cancelled()
         waited = bool(self.jobs or self._decoding())  # streams that wait for this round
-        self._round_work = 0.0
+        self._round = done = _Round()
         mixing = self._mixing()
         ended += self._mixed_round() if mixing else self._prefill_alone() + self._step()
-        if waited:  # the whole round, sampling and rows joining included: the streams' gap
+        # The whole round, sampling and rows joining included, is the streams' gap. A round
+        # that went through a failure path (a pass raised, parts ran alone) is no sample.
+        if waited and done.clean:
             seconds = time.perf_counter() - started
-            if self._round_work:
-                self.pace.prefilled(self._round_work, seconds, mixed=mixing)
-            else:
+            if not done.work:
                 self.pace.stepped(seconds)
+            else:
+                if done.step_s is not None:  # the rows' own pass, apart from the chunks'
+                    self.pace.stepped(done.step_s)
+                self.pace.prefilled(done.work, seconds, mixed=mixing, budget=done.budget)
         return ended
 
     def _mixing(self) -> bool:
@@ -252,6 +274,7 @@ class JobBatch:
                 [job.last_token for job in self.jobs], [part for _, _, part in feeding]
             )
         except Exception as exc:  # nothing was kept: run the round's passes apart instead
+            self._round.clean = False
             for _, solo, _ in feeding:
                 solo.roll_back()
             log.warning("a mixed pass failed (%s); running its parts alone", exc)
@@ -263,7 +286,7 @@ class JobBatch:
                 self._can_mix = False
             return ended
         prompt = [part for _, solo, part in feeding if solo.remaining]
-        self._round_work += sum(self.pace.work(part.start, len(part.tokens)) for part in prompt)
+        self._round.work += sum(self.pace.work(part.start, len(part.tokens)) for part in prompt)
         if self.jobs or any(not solo.remaining for _, solo, _ in feeding):
             self._counters.decode_steps += 1
         if any(part.wants_logits and solo.remaining for _, solo, part in feeding):
@@ -285,6 +308,7 @@ class JobBatch:
         in a round of its own; its chunks are planned on the whole budget. With nothing
         decoding there is no one to keep waiting: the prompts go in whole."""
         full = self.pace.budget() if self.jobs or self._decoding() else _WHOLE
+        self._round.budget = full
         # Short prompts may fill a chunk even where the budget is smaller: one pass gives
         # each its first token, and rationing them would only add rounds before they run.
         budget, room = full, max(full, float(self.pace.chunk))
@@ -356,6 +380,7 @@ class JobBatch:
         ended = []
         decoding = self.jobs or self._decoding()
         budget = self.pace.budget(mixed=False) if decoding else _WHOLE
+        self._round.budget = budget
         while budget > 0:
             partial = next(((j, s) for j, s in self.solos if s.remaining), None)
             if partial is None:
@@ -380,10 +405,11 @@ class JobBatch:
             start, tokens = solo.done, min(self.pace.tokens(solo.done, budget), solo.remaining)
             work = self.pace.work(start, tokens)
             budget -= work
-            self._round_work += work
+            self._round.work += work
             try:
                 step = solo.advance(tokens)
             except Exception as exc:  # its own cache: the running rows are untouched
+                self._round.clean = False
                 self.solos.remove(partial)
                 fail(job, exc)
                 ended.append(job)
@@ -402,12 +428,16 @@ class JobBatch:
         self._make_rows(cheap_only=False)
         if not self.jobs:
             return []
+        started = time.perf_counter()
         try:
             step = self.batch.step([job.last_token for job in self.jobs])
         except Exception as exc:  # the batch has been rolled back to before this step
+            self._round.clean = False
             return self._step_rows_alone(exc)
         self._counters.decode_steps += 1
-        return self._take(step, 0)
+        ended = self._take(step, 0)
+        self._round.step_s = time.perf_counter() - started
+        return ended
 
     # -- both --
 

@@ -247,7 +247,7 @@ class _GivenPace(PrefillPace):
     def budget(self, mixed: bool = True) -> float:
         return self.given if self.probing() else self.measured
 
-    def prefilled(self, work: float, seconds: float, mixed: bool = True) -> None:
+    def prefilled(self, work: float, seconds: float, mixed: bool = True, budget=None) -> None:
         self.rounds += 1
 
 
@@ -268,7 +268,7 @@ def test_a_prompts_passes_are_planned_on_the_first_measured_budget(model_root):
     while solo.remaining:
         group.advance()
         fed.append(solo.done)
-    # The 33 tokens left, planned on the measured budget: 4 passes of about 8 (not 9 of 4).
+    # The 33 tokens left, planned on the measured budget: 4 passes of about 8.
     assert [b - a for a, b in zip(fed, fed[1:], strict=False)] == [9, 8, 8, 8]
 
 
@@ -343,3 +343,49 @@ def test_a_token_that_costs_more_than_a_step_still_makes_progress():
     pace.stepped(0.050)
     pace.prefilled(1, 10.0)
     assert pace.budget() == PrefillPace.MIN_TOKENS
+
+
+def test_a_round_its_budget_did_not_size_is_no_sample():
+    pace = PrefillPace(chunk=256)
+    pace.stepped(0.020)  # a GPU: a step costs about as much as hundreds of prompt tokens
+    for _ in range(6):
+        budget = pace.budget()
+        pace.prefilled(budget, 0.020 + 0.00002 * budget, budget=budget)
+    assert pace.budget() == 256
+    # A 5-token prompt went in whole (it fits a chunk): its round is mostly the fixed part.
+    pace.prefilled(5, 0.0201, budget=256)
+    assert pace.budget() == 256
+
+
+def _group_with_a_running_row(lm, chunk: int) -> tuple[JobBatch, GenerationJob]:
+    group = JobBatch(lm, PassCounters(), prefill_chunk=chunk)
+    running = GenerationJob(_ids("ha"), SamplingParams(30, temperature=0))
+    running.begin(TOKENIZER, frozenset(), torch.device("cpu"))
+    assert group.add([running]) == []
+    return group, running
+
+
+def test_rounds_of_separate_passes_time_the_rows_own_pass_as_a_step():
+    # No mixed passes with this model: a round is the chunk's pass, then the rows' step.
+    group, _ = _group_with_a_running_row(ScriptedLM({tuple(_ids("ha")): _ids("b" * 30)}), 5)
+    joining = GenerationJob(_ids("abcdefgh" * 3), SamplingParams(4, temperature=0))
+    joining.begin(TOKENIZER, frozenset(), torch.device("cpu"))
+    group.wait([joining])  # before any round of the rows alone
+    assert group.advance() == []
+    assert group.solos[0][1].done == 5  # a chunk went in beside the step
+    # The rows' pass in that round counts as a step, so the chunk's round was measured too.
+    assert group.pace.step_seconds is not None and not group.pace.probing(mixed=False)
+
+
+def test_a_round_where_a_pass_failed_is_no_sample():
+    # The joiner's first chunk raises (its script fails once 5 tokens are in).
+    lm = ScriptedLM({tuple(_ids("ha")): _ids("b" * 30), tuple(_ids("abc")): [1, 1, FAIL]})
+    group, _ = _group_with_a_running_row(lm, 5)
+    for _ in range(3):
+        assert group.advance() == []
+    assert group.pace.probing(mixed=False)  # steps measured, no prompt work yet
+    joining = GenerationJob(_ids("abcdefgh" * 3), SamplingParams(4, temperature=0))
+    joining.begin(TOKENIZER, frozenset(), torch.device("cpu"))
+    group.wait([joining])
+    assert group.advance() == [joining] and joining.failed
+    assert group.pace.probing(mixed=False)  # the failed round's time was not taken as a rate
