@@ -225,7 +225,11 @@ def _join_once(live, body, long_prompt, new_tokens, prefill) -> dict:
     # Every stream is running and has had a few steps. Watched from the streams themselves:
     # polling the server here (as /models every 10 ms once did) slows the very steps that
     # the join is measured against.
-    wait_for(lambda: all(len(r.get("arrivals", ())) >= 6 for r in records), 300, interval=0.05)
+    ready = lambda: all(len(r.get("arrivals", ())) >= 6 for r in records)  # noqa: E731
+    alive = lambda: all(thread.is_alive() for thread in threads)  # noqa: E731
+    wait_for(lambda: ready() or not alive(), 300, interval=0.05)
+    if not ready():  # a stream failed (its thread printed why): no join to measure
+        raise RuntimeError("a running stream ended before the join")
     joiner: dict = {}
     stream(live, {**body, "prompt": long_prompt, "max_new_tokens": 2}, joiner)
     for thread in threads:
