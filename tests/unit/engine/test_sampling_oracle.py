@@ -9,6 +9,8 @@ row of a batch of every other parameter set, where it chooses exactly what it do
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import (
@@ -195,3 +197,27 @@ def test_prompt_ids_past_the_logits_vocabulary_are_skipped_as_hf_skips_them():
     for step in range(STEPS):
         logits = _logits(1, step, noise)[0]
         _assert_matches(choose_alone(logits, alone), oracle.choose(logits))
+
+
+def test_top_p_compares_with_1_minus_top_p_as_a_float32():
+    # Probabilities 0.3 and 0.7 as float32: 0.3 is float32(1 - 0.7) exactly but above the
+    # float64 1 - 0.7, so HF's float32 comparison removes token 0 (and a float64 one keeps it).
+    logits = torch.tensor([math.log(3), math.log(7)])
+    assert logits.softmax(-1)[0] == torch.tensor(1 - 0.7, dtype=torch.float32)
+    warped = TopPLogitsWarper(0.7)(None, logits[None])
+    assert warped[0, 0] == float("-inf")
+    for seed in range(20):
+        params = SamplingParams(temperature=1.0, top_p=0.7, seed=seed, max_new_tokens=1)
+        assert choose_alone(logits, Sampler(params, [], CPU)).token_id == 1
+
+
+def test_a_tiny_top_p_keeps_the_likeliest_token_as_hf_does():
+    # 1 - 1e-9 rounds to 1.0 as a float32: every cumulative probability is below it, and
+    # only HF's rule of keeping at least one token leaves something to draw.
+    alone, _, oracle = _requests(SamplingParams(temperature=1.0, top_p=1e-9, seed=6), [])
+    noise = torch.Generator().manual_seed(6)
+    for step in range(STEPS):
+        logits = _logits(1, step, noise)[0]
+        choice = choose_alone(logits, alone)
+        _assert_matches(choice, oracle.choose(logits))
+        assert choice.token_id == int(logits.argmax())
