@@ -89,7 +89,7 @@ class RowParameters:
             else None
         )
 
-        penalized = [i for i, s in enumerate(samplers) if s.penalized]
+        penalized = [i for i, p in enumerate(params) if p.penalized]
         self.penalties = (
             Penalties(
                 index(penalized),

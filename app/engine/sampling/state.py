@@ -29,7 +29,6 @@ class Sampler:
             self._seen[: len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
         self._length = len(prompt_ids) if self._track else 0
         # OpenAI's penalties count generated tokens only (not the prompt's): one count each.
-        self.penalized = params.penalized
         self.counts: torch.Tensor | None = None  # [vocab] float32, made at the first step
         self._bias: torch.Tensor | None = None  # [vocab] float32, made at the first step
         self.generator = torch.Generator(device=device)
