@@ -2,8 +2,8 @@
 
 The request handler reads events with `events()` and may `cancel()`; the
 model's worker thread calls `begin()` once, then `take()` once per step with the
-request's row of logits, or with the token its batch chose for it
-(app/engine/sampling.py's BatchSampler, using this job's `sampler`).
+token its batch chose for it (app/engine/sampling's BatchSampler, using this job's
+`sampler`), or with the request's row of logits to choose from as a one-row batch.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from app.engine.attention import HeadSelection
 from app.engine.contract import Tokenizer
 from app.engine.decoding import IncrementalDecoder, special_ids
 from app.engine.events import Alternative, DoneEvent, ErrorEvent, Event, TokenEvent
-from app.engine.sampling import Choice, Sampler, SamplingParams
+from app.engine.sampling import Choice, Sampler, SamplingParams, choose_alone
 from app.engine.stopping import StopMatcher
 from app.engine.threads import Mailbox
 
@@ -83,7 +83,10 @@ class GenerationJob:
 
     @property
     def sampler(self) -> Sampler:
-        """This job's sampling state (its processors' memory and its random generator)."""
+        """This job's sampling state (its penalties' memory and its random generator);
+        RuntimeError before `begin` and after the job has ended."""
+        if self._sampler is None:
+            raise RuntimeError("the job has no sampler: not begun, or ended")
         return self._sampler
 
     def take(
@@ -95,18 +98,20 @@ class GenerationJob:
         """Post this step's token; False once the job has ended.
 
         The token is `choice` when the batch has chosen it already with this job's
-        `sampler`, else it is chosen here from the job's row of `logits` [vocab].
+        `sampler`, else it is chosen here from the job's row of `logits` [vocab], as a
+        one-row batch (the same algorithm, so the same token); a failed draw raises.
         """
         if choice is None:
-            choice = self._sampler.choose(logits)
+            choice = choose_alone(logits, self.sampler)
+        decoder = self._begun()[0]
         self._times.setdefault("first_token", time.perf_counter())
         self.generated += 1
         self.last_token = token_id = choice.token_id
         top = self._alternatives(choice)
         if token_id in self._eos_ids and not self.params.ignore_eos:
-            self._post_token(choice, "", self._decoder.peek([token_id])[0], top, attention)
+            self._post_token(choice, "", decoder.peek([token_id])[0], top, attention)
             return self._finish("eos")
-        piece = self._decoder.push(token_id)
+        piece = decoder.push(token_id)
         text, stopped = self._stop.feed(piece)
         self._post_token(choice, text, piece, top, attention)
         if stopped:
@@ -138,7 +143,7 @@ class GenerationJob:
     def _alternatives(self, choice: Choice) -> tuple[Alternative, ...]:
         if not choice.top:
             return ()
-        texts = self._decoder.peek([token_id for token_id, _ in choice.top])
+        texts = self._begun()[0].peek([token_id for token_id, _ in choice.top])
         return tuple(
             Alternative(token_id, self._shown(token_id, text), logprob)
             for (token_id, logprob), text in zip(choice.top, texts, strict=True)
@@ -147,8 +152,14 @@ class GenerationJob:
     def _shown(self, token_id: int, piece: str) -> str:
         # A special token adds no text; it is shown by its own name, as /tokenize does.
         if token_id in self._special_ids:
-            return self._tokenizer.convert_ids_to_tokens([token_id])[0]
+            return self._begun()[1].convert_ids_to_tokens([token_id])[0]
         return piece
+
+    def _begun(self) -> tuple[IncrementalDecoder, Tokenizer]:
+        """The decoder and tokenizer that `begin` set; RuntimeError before it."""
+        if self._decoder is None or self._tokenizer is None:
+            raise RuntimeError("the job has not begun")
+        return self._decoder, self._tokenizer
 
     def _post_token(self, choice: Choice, text: str, piece: str, top: tuple, attention) -> None:
         special = choice.token_id in self._special_ids

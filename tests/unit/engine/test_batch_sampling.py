@@ -1,4 +1,5 @@
-"""BatchSampler chooses exactly what each row's own Sampler would choose alone."""
+"""A row of a batch chooses exactly what it chooses alone (a one-row batch), whatever its
+batch-mates; a seeded request gives the same tokens alone and batched in a real worker."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from app.engine import GenerationJob, ModelTask, ModelWorker, SamplingParams, TokenEvent
-from app.engine.sampling import BatchSampler, Sampler, draw
+from app.engine.sampling import BatchSampler, Sampler, choose_alone, draw
 from tests.support.tiny_models import MODEL_IDS
 
 CPU = torch.device("cpu")
@@ -50,14 +51,8 @@ def _logits(rows: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def _assert_same(batched, alone) -> None:
-    assert batched.token_id == alone.token_id
-    if alone.logprob is None:
-        assert batched.logprob is None
-    else:
-        assert batched.logprob == pytest.approx(alone.logprob, abs=1e-6)
-    assert [i for i, _ in batched.top] == [i for i, _ in alone.top]
-    for (_, got), (_, want) in zip(batched.top, alone.top, strict=True):
-        assert got == pytest.approx(want, abs=1e-6)
+    # The same algorithm on the same row: identical tokens, logprobs and alternatives.
+    assert batched == alone
 
 
 def test_mixed_rows_choose_what_each_row_chooses_alone():
@@ -70,7 +65,7 @@ def test_mixed_rows_choose_what_each_row_chooses_alone():
         choices = batch.choose(logits, batched)
         torch.testing.assert_close(logits, before, rtol=0, atol=0)  # the caller's logits
         for row, (sampler, choice) in enumerate(zip(reference, choices, strict=True)):
-            _assert_same(choice, sampler.choose(logits[row]))
+            _assert_same(choice, choose_alone(logits[row], sampler))
 
 
 def test_rows_that_leave_and_join_keep_their_own_streams():
@@ -86,7 +81,7 @@ def test_rows_that_leave_and_join_keep_their_own_streams():
         logits = _logits(len(rows), noise)
         choices = batch.choose(logits, [batched[i] for i in rows])
         for j, i in enumerate(rows):
-            _assert_same(choices[j], reference[i].choose(logits[j]))
+            _assert_same(choices[j], choose_alone(logits[j], reference[i]))
 
 
 @pytest.mark.parametrize(
@@ -106,7 +101,7 @@ def test_uniform_batches_match_too(params):
     for _ in range(10):
         logits = _logits(6, noise)
         for row, choice in enumerate(batch.choose(logits, batched)):
-            _assert_same(choice, reference[row].choose(logits[row]))
+            _assert_same(choice, choose_alone(logits[row], reference[row]))
 
 
 def test_a_row_whose_draw_fails_fails_alone():
@@ -117,7 +112,7 @@ def test_a_row_whose_draw_fails_fails_alone():
     choices = BatchSampler().choose(logits, batched)
     assert isinstance(choices[1], RuntimeError)
     for row in (0, 2):
-        _assert_same(choices[row], reference[row].choose(logits[row]))
+        _assert_same(choices[row], choose_alone(logits[row], reference[row]))
 
 
 def test_ids_past_the_logits_vocabulary_are_not_penalized():
@@ -127,8 +122,8 @@ def test_ids_past_the_logits_vocabulary_are_not_penalized():
     batched = [Sampler(params, [3, VOCAB + 5, 8], CPU), Sampler(params, [VOCAB + 1], CPU)]
     logits = _logits(2, torch.Generator().manual_seed(4))
     choices = BatchSampler().choose(logits, batched)
-    _assert_same(choices[0], reference.choose(logits[0]))
-    _assert_same(choices[1], Sampler(params, [VOCAB + 1], CPU).choose(logits[1]))
+    _assert_same(choices[0], choose_alone(logits[0], reference))
+    _assert_same(choices[1], choose_alone(logits[1], Sampler(params, [VOCAB + 1], CPU)))
 
 
 # -- a seeded request in a real worker: the same text alone and among others --
