@@ -89,7 +89,6 @@ class Run:
         self.model = model
         self.choices = choices
         self.record = record
-        self.submitted = False
         self.client_left = False  # the reader saw the client-gone probe fire
         self.failed = False  # the run ended early on an error
         self._closed = False
@@ -111,7 +110,6 @@ class Run:
             for job in queued:
                 job.cancel()
             raise
-        self.submitted = True
 
     def events(
         self, ping_seconds: float, client_gone: Callable[[], bool] = lambda: False

@@ -53,9 +53,7 @@ def done(text="", reason="length"):
 
 def make_run(*jobs):
     choices = [Choice(i, Prompt(0, "ab", [1, 2]), job) for i, job in enumerate(jobs)]
-    run = Run("m", choices, {})
-    run.submitted = True
-    return run
+    return Run("m", choices, {})
 
 
 def gone_after(calls):
@@ -122,11 +120,9 @@ def test_submit_queues_all_jobs_or_none(monkeypatch):
 
     monkeypatch.setattr(run_module.models, "submit", submit)
     jobs = [ScriptedJob(done()) for _ in range(3)]
-    run = make_run(*jobs)
-    run.submitted = False
     with pytest.raises(Overloaded):
-        run.submit(object())
-    assert [job.cancelled_after for job in jobs] == [0, 0, None] and not run.submitted
+        make_run(*jobs).submit(object())
+    assert [job.cancelled_after for job in jobs] == [0, 0, None]
 
 
 def test_a_run_accounts_for_itself_once(monkeypatch):
