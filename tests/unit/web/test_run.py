@@ -190,3 +190,22 @@ def test_a_shutdown_ends_a_native_stream_with_its_tail_then_an_error_event():
     assert chunks[1:3] == [b"data: c\n\n", b"data: d\n\n"]
     assert chunks[3].startswith(b"event: error\n") and b"shutting_down" in chunks[3]
     assert len(chunks) == 4
+
+
+def test_a_cold_stream_pings_while_the_model_loads_then_submits(monkeypatch):
+    waits, queued = [], []
+
+    def get(spec, timeout=None):
+        waits.append(timeout)
+        if len(waits) < 3:
+            raise TimeoutError  # still loading
+        return "loaded model"
+
+    monkeypatch.setattr(loop.models.cache, "get", get)
+    monkeypatch.setattr(run_module.models, "submit", lambda lm, job: queued.append((lm, job)))
+    job = ScriptedJob(tok("c"), done())
+    run = make_run(job)
+    framer = StreamFramer(details=False)
+    chunks = list(loop.stream(run, framer, 0.25, lambda: False, cold="spec"))  # type: ignore[arg-type]
+    assert chunks == [b"", PING, PING, b"data: c\n\n"]
+    assert waits == [0.25] * 3 and queued == [("loaded model", job)]
