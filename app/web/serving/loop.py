@@ -60,8 +60,9 @@ def stream(
     """
     try:
         yield b""  # the headers go out now, before the prompt is processed
-        if cold is not None:
-            run.submit((yield from await_model(cold, ping_seconds)))
+        if cold is not None:  # the weights were not loaded when the request came
+            lm = yield from await_model(cold, ping_seconds)
+            run.submit(lm)
         yield from framer.opening(run)
         for item in run.events(ping_seconds, client_gone):
             if item is None:
@@ -70,7 +71,7 @@ def stream(
             choice, event = item
             yield from framer.frame(choice, event)
             if isinstance(event, DoneEvent) and event.finish_reason == "shutdown":
-                raise ShuttingDown
+                raise ShuttingDown  # a stop, not an ending: the framer's `fail` says why
         if not run.client_left:  # nobody is left to read an ending
             yield from framer.closing(run)
     except Exception as exc:
