@@ -4,9 +4,10 @@ Blueprints: `generation` (/generate, /generate/stream), `tokens` (/tokenize,
 /detokenize), `admin` (/models, DELETE /models/<id>), `viz` (/models/<id>/config,
 /config, /inspect), `ops` (/health, /metrics), `docs` (/openapi.json, /docs) and
 `viewer` (the page at / and its static files); `v1` holds the OpenAI-compatible API.
-Around them: `bodies` and `parsing` read requests; `answers`, `shaping` and `streams`
-write responses; `sse` frames events; `disconnect` notices a client that left; `auth`
-checks keys; `requestlog` logs; `handlers` turns every error into JSON.
+Around them: `bodies` and `parsing` read requests; `serving` runs a generation request's
+jobs through one loop for both APIs; `answers`, `shaping` and `streams` (the native SSE
+framer) write responses; `sse` frames events; `disconnect` notices a client that left;
+`auth` checks keys; `requestlog` logs; `handlers` turns every error into JSON.
 """
 
 from __future__ import annotations

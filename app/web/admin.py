@@ -7,7 +7,7 @@ from flask import Blueprint
 from app import models
 from app.errors import ModelNotFound
 from app.web import parsing
-from app.web.answers import ModelsResponse, UnloadResponse
+from app.web.answers import LoadedModelInfo, ModelsResponse, UnloadResponse
 from app.web.docs import documented
 from app.web.shaping import reply
 
@@ -21,7 +21,7 @@ def list_models():
     settings = parsing.settings()
     return reply(
         ModelsResponse(
-            loaded=[lm.describe() for lm in models.cache.loaded()],
+            loaded=[LoadedModelInfo.model_validate(lm.describe()) for lm in models.cache.loaded()],
             loading=models.cache.loading(),
             available=models.list_demo() + models.list_local(settings.model_root),
             default_model=settings.default_model,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -12,6 +12,7 @@ from app.errors import BadRequest
 # A list of head indices: at least one (no heads at all is a mistake, not a selection).
 HeadList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=1024)]
 
+M = TypeVar("M", bound=BaseModel)  # a request body model, native or OpenAI
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -105,7 +106,7 @@ class GenerateRequest(_PromptBody):
         return self
 
 
-def parse_body(model: type[_Body], payload: object) -> _Body:
+def parse_body(model: type[M], payload: object) -> M:
     """Validate a decoded JSON body, turning every problem into one 400 message."""
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")
@@ -195,13 +196,15 @@ class InspectRequest(_Body):
     token_ids: list[int] | None = Field(None, min_length=1, description="Input token ids.")
     add_special_tokens: bool | None = Field(None, description="For `prompt`; null: default.")
     include: list[InspectPart] = Field(
-        default_factory=lambda: ["tokens", "next_token"], min_length=1, description="Parts."
+        default_factory=lambda: list[InspectPart](["tokens", "next_token"]),
+        min_length=1,
+        description="Parts.",
     )
     top_k: int = Field(10, ge=1, le=100, description="Candidates per position.")
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, min_length=1, max_length=1024, description="Layers to return; null: all."
     )
-    attention: AttentionOptions = Field(default_factory=AttentionOptions)
+    attention: AttentionOptions = Field(default_factory=lambda: AttentionOptions.model_validate({}))
 
     @model_validator(mode="after")
     def _one_input(self) -> InspectRequest:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_directory
 from pydantic import BaseModel
@@ -96,7 +96,9 @@ def build_document(app: Flask, with_keys: bool) -> dict[str, Any]:
     for _, _, _, operation in routes:
         shown = (operation.request, operation.answer, operation.errors)
         schemas += [m for m in shown if isinstance(m, type)]
-    keyed = [(m, "validation") for m in dict.fromkeys(schemas)]
+    keyed: list[tuple[type[BaseModel], Literal["validation"]]] = [
+        (m, "validation") for m in dict.fromkeys(schemas)
+    ]
     _, top = models_json_schema(keyed, ref_template="#/components/schemas/{model}")
     paths: dict[str, Any] = {}
     for method, path, endpoint, operation in routes:
@@ -122,7 +124,7 @@ def _documented_routes(app: Flask):
         if operation is None:
             continue
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             yield method.lower(), path, rule.endpoint, operation
 
 
@@ -148,8 +150,7 @@ def _operation(view: Any, path: str, operation: Operation) -> dict[str, Any]:
 
 def _success(operation: Operation) -> dict[str, Any]:
     if isinstance(operation.answer, str):
-        content = {operation.answer: {"schema": {"type": "string"}}}
-        return {"description": "OK", "content": content}
+        return {"description": "OK", "content": {operation.answer: {"schema": {"type": "string"}}}}
     schema = {"$ref": f"#/components/schemas/{operation.answer.__name__}"}
     content: dict[str, Any] = {_JSON: {"schema": schema}}
     if operation.streams:

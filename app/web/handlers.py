@@ -40,6 +40,7 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(TaskAbandoned)
     def _api_error(exc: Exception):
         error = translate(exc)
+        assert error is not None  # registered for exactly the kinds `translate` knows
         return _json(error.message, error.code, error.status, error.headers, error.param)
 
     @app.errorhandler(HTTPException)

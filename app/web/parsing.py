@@ -7,6 +7,7 @@ import json
 from typing import Any, Literal, TypeVar
 
 from flask import current_app, request
+from pydantic import BaseModel
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app import models
@@ -16,7 +17,7 @@ from app.errors import BadRequest, PayloadTooLarge
 from app.models import ModelProfile, ModelSpec, PromptInput
 from app.web.bodies import parse_body
 
-B = TypeVar("B")
+B = TypeVar("B", bound=BaseModel)
 
 
 def settings() -> Settings:

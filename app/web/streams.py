@@ -8,18 +8,16 @@ events: a plain stream's `data:` fields join to it, and a details stream's
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 from pydantic import BaseModel
 
-from app.engine import DoneEvent, ErrorEvent, Event, TokenEvent
-from app.errors import APIError, GenerationFailed, ShuttingDown
+from app.engine import DoneEvent, TokenEvent
+from app.errors import APIError
 from app.web import sse
 from app.web.answers import ErrorResponse, StreamEnd
+from app.web.serving.run import Choice, Run
 from app.web.shaping import end_of, token_detail
-
-_LEADING_BLANKS = re.compile(r"^[ \t]*")
 
 
 class TextEvents:
@@ -43,7 +41,7 @@ class TextEvents:
             return []
         if not self._compat:
             return self._ready([text])
-        blanks = _LEADING_BLANKS.match(text).group()
+        blanks = text[: len(text) - len(text.lstrip(" \t"))]
         if not self._pending:  # the first text: its blanks have nowhere to go
             self._pending = text
             return []
@@ -75,45 +73,51 @@ class TextEvents:
 
 
 class StreamFramer:
-    """The SSE bytes for one generation's events, in order."""
+    """The native API's SSE bytes for a run of one choice (see `serving.loop.Framer`).
 
-    def __init__(self, details: bool, compat: bool = False) -> None:
+    `details`: `token` events and a `done` event; else plain `data:` text (`compat`:
+    see `TextEvents`). `echo`: the prompt goes out first (`return_full_text`).
+    """
+
+    def __init__(self, details: bool, compat: bool = False, echo: bool = False) -> None:
         self._details = details
+        self._echo = echo
         self._text = TextEvents(compat and not details)
 
+    def opening(self, run: Run) -> Iterator[bytes]:
+        """The prompt, when echoed."""
+        if self._echo:
+            yield from self.prompt(run.choices[0].prompt.text)
+
     def prompt(self, text: str) -> Iterator[bytes]:
-        """The prompt, echoed before the generated text (`return_full_text`)."""
+        """The prompt, echoed before the generated text."""
         yield from self._plain(self._text.push(text))
 
-    def frame(self, event: Event | None) -> Iterator[bytes]:
-        """The bytes for one engine event; None (silence) becomes a ping comment."""
-        if event is None:
-            yield sse.format_comment("ping")
-        elif isinstance(event, ErrorEvent):
-            yield from self.fail(GenerationFailed(event.message))
-        elif self._details:
-            yield from self._frame_details(event)
-        else:
-            yield from self._plain(self._text.push(event.text))
-            if isinstance(event, DoneEvent):
-                yield from self._plain(self._text.flush())
-                if event.finish_reason == "shutdown":
-                    yield _error(ShuttingDown())
+    def frame(self, choice: Choice, event: TokenEvent | DoneEvent) -> Iterator[bytes]:
+        """The bytes for one event. A "shutdown" end sends its held-back text (plain
+        streams only) and leaves the rest to `fail`."""
+        shutdown = isinstance(event, DoneEvent) and event.finish_reason == "shutdown"
+        if self._details:
+            if isinstance(event, TokenEvent):
+                yield sse.format_event(_json(token_detail(event)), event="token")
+            elif shutdown:  # the `error` event of `fail` is the end: nothing held goes first
+                self._text.flush()
+            else:
+                end = StreamEnd(**end_of(event).model_dump(), delta=event.text)
+                yield sse.format_event(_json(end), event="done")
+            return
+        yield from self._plain(self._text.push(event.text))
+        if isinstance(event, DoneEvent) and not shutdown:
+            yield from self._plain(self._text.flush())
 
-    def fail(self, exc: APIError) -> Iterator[bytes]:
+    def closing(self, run: Run) -> Iterator[bytes]:
+        """Nothing: the end went out with the `done` event (or the last text)."""
+        return iter(())
+
+    def fail(self, error: APIError) -> Iterator[bytes]:
         """End the stream with an `error` event, after any text still held."""
         yield from self._plain(self._text.flush())
-        yield _error(exc)
-
-    def _frame_details(self, event: TokenEvent | DoneEvent) -> Iterator[bytes]:
-        if isinstance(event, TokenEvent):
-            detail = token_detail(event)
-            yield sse.format_event(_json(detail), event="token")
-        elif event.finish_reason == "shutdown":
-            yield _error(ShuttingDown())
-        else:
-            end = StreamEnd(**end_of(event).model_dump(), delta=event.text)
-            yield sse.format_event(_json(end), event="done")
+        yield _error(error)
 
     @staticmethod
     def _plain(texts: list[str]) -> Iterator[bytes]:

@@ -9,7 +9,7 @@ as vLLM accepts them (the `openai` client sends them with `extra_body`).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -131,7 +131,7 @@ class CompletionRequest(_Sampling):
         prompt = self.prompt
         if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
             return [prompt]
-        return list(prompt)
+        return cast(list[str | list[int]], list(prompt))  # texts, or lists of ids
 
 
 class ChatTextPart(BaseModel):

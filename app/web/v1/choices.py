@@ -1,52 +1,19 @@
-"""Running an OpenAI request's choices: `n` per prompt, each one `GenerationJob`, all queued at
-once so that the engine batches them as rows of the same forward passes."""
+"""An OpenAI request as a run's choices: its prompts tokenized, the engine's sampling
+parameters, and `n` choices per prompt, each one `GenerationJob` (see `serving.run`,
+which queues them at once, so that the engine batches them as rows of the same passes)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-from app import models
-from app.engine import DoneEvent, ErrorEvent, GenerationJob, SamplingParams
-from app.engine.threads import Mailbox, run_off_hub, spawn
+from app.config import Settings
+from app.engine import GenerationJob, SamplingParams
+from app.engine.threads import run_off_hub
 from app.errors import BadRequest
-from app.models import LoadedModel, PromptInput, Tokens, prompts
-from app.ops import metrics
-from app.web.shaping import Transcript, follow
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One prompt: its text (for token ids, their decoded text) and the ids the model reads.
-
-    `tokens` (each token's text and character span) is there for completions, which
-    can echo the prompt; a chat's rendered template has none.
-    """
-
-    index: int
-    text: str
-    ids: list[int]
-    tokens: Tokens | None = None
-
-
-@dataclass
-class Choice:
-    """One choice: its prompt, its job (None when nothing is to be generated) and its fold."""
-
-    index: int
-    prompt: Prompt
-    job: GenerationJob | None
-    transcript: Transcript = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.transcript = Transcript(self.prompt.text)
-
-    @property
-    def finish_reason(self) -> str:
-        """OpenAI's reason: "length" (the token limit) or "stop" (end of text, a stop string)."""
-        done = self.transcript.done
-        return "length" if done is None or done.finish_reason == "length" else "stop"
+from app.models import LoadedModel, PromptInput, prompts
+from app.web.serving.run import Choice, Prompt
+from app.web.v1.bodies import logit_bias
 
 
 def tokenize(lm: LoadedModel, given: str | list[int], index: int) -> Prompt:
@@ -71,7 +38,7 @@ def plan(
     prompt_list: list[Prompt], n: int, params: SamplingParams, stop: tuple[str, ...]
 ) -> list[Choice]:
     """`n` choices per prompt, in OpenAI's order; choice i of a seeded request uses seed + i."""
-    choices = []
+    choices: list[Choice] = []
     for prompt in prompt_list:
         for _ in range(n):
             index = len(choices)
@@ -83,104 +50,57 @@ def plan(
     return choices
 
 
-def submit(lm: LoadedModel, choices: list[Choice]) -> None:
-    """Queue every choice's job; if one cannot be queued (a full queue), cancel them all."""
-    queued = []
-    try:
-        for choice in choices:
-            if choice.job is not None:
-                models.submit(lm, choice.job)
-                queued.append(choice.job)
-    except BaseException:
-        for job in queued:
-            job.cancel()
-        raise
-
-
-def finish(choices: list[Choice], ping: float, client_gone: Callable[[], bool]) -> None:
-    """Read every choice's events to its end (the jobs run together; order does not matter)."""
-    try:
-        for choice in choices:
-            if choice.job is not None:
-                for event in follow(choice.job, ping, client_gone):
-                    choice.transcript.add(event)
-                choice.transcript.raise_for_failure()
-    finally:
-        cancel(choices)
-
-
-def interleave(choices: list[Choice], ping: float) -> Iterator[tuple[Choice, Any] | None]:
-    """Every choice's events as they come, as (choice, event); None after `ping` s of silence.
-
-    Each job is read by its own greenlet (a thread under `flask run`) into one mailbox.
-    The caller cancels the jobs when it stops early (`cancel`); their readers then end.
-    """
-    inbox = Mailbox()
-    running = [choice for choice in choices if choice.job is not None]
-
-    def pump(choice: Choice) -> None:
-        for event in choice.job.events(ping):
-            if event is not None:
-                inbox.put((choice, event))
-
-    for choice in running:
-        spawn(pump, choice)
-    left = len(running)
-    while left:
+def sampling(lm: LoadedModel, body: Any, max_tokens: int, top: int | None) -> SamplingParams:
+    """The engine's parameters for a completion or chat body; OpenAI's defaults:
+    temperature 1 and top_p 1. `top`: alternatives per token (None: no logprobs)."""
+    bias = logit_bias(body)
+    if bias:
         try:
-            choice, event = inbox.get(ping)
-        except TimeoutError:
-            yield None
-            continue
-        choice.transcript.add(event)
-        if isinstance(event, DoneEvent | ErrorEvent):
-            left -= 1
-        yield choice, event
-
-
-def cancel(choices: list[Choice]) -> None:
-    """Stop every choice's job (a no-op for those that have ended)."""
-    for choice in choices:
-        if choice.job is not None:
-            choice.job.cancel()
-
-
-def account(record: dict[str, Any], model: str, choices: list[Choice], user: str | None) -> None:
-    """Put the request into the log record, and each finished generation into the metrics."""
-    prompts_seen = {choice.prompt.index: len(choice.prompt.ids) for choice in choices}
-    generated = sum(len(choice.transcript.tokens) for choice in choices)
-    record.update(
-        model=model,
-        prompt_tokens=sum(prompts_seen.values()),
-        generated_tokens=generated,
-        choices=len(choices),
-        finish_reason=",".join(sorted({_logged_reason(choice) for choice in choices})),
+            prompts.check_token_ids(lm, [token_id for token_id, _ in bias])
+        except BadRequest as exc:
+            raise BadRequest(f"logit_bias: {exc.message}", param="logit_bias") from None
+    top_p = 1.0 if body.top_p is None else body.top_p
+    top_k = body.top_k or 0
+    if top_p == 0:  # nothing but the likeliest token
+        top_p, top_k = 1.0, 1
+    return SamplingParams(
+        max_new_tokens=max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        logit_bias=bias,
+        seed=body.seed,
+        ignore_eos=bool(body.ignore_eos),
+        logprobs=top is not None,
+        top_logprobs=top or 0,
     )
-    if user is not None:
-        record["user"] = user
-    for choice in choices:
-        done = choice.transcript.done
-        if done is not None and choice.job is not None:
-            metrics.observe_generation(
-                model, done.timing, done.prompt_tokens, done.generated_tokens
-            )
 
 
-def usage(choices: list[Choice]) -> dict[str, int]:
-    """OpenAI's usage: each prompt counted once, every generated token of every choice."""
-    prompt_tokens = sum({c.prompt.index: len(c.prompt.ids) for c in choices}.values())
-    completion = sum(len(choice.transcript.tokens) for choice in choices)
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": prompt_tokens + completion,
-    }
+def check_queue(planned: list[Choice], settings: Settings) -> None:
+    """Refuse (400, naming `n`) more jobs than the queue holds: they could never be queued
+    at once, so retrying would not help."""
+    if sum(choice.job is not None for choice in planned) > settings.max_queue:
+        raise BadRequest(
+            f"this request asks for {len(planned)} generations (prompts times n); at most "
+            f"{settings.max_queue} fit in the queue (LLMVIZ_MAX_QUEUE)",
+            param="n",
+        )
 
 
-def _logged_reason(choice: Choice) -> str:
-    transcript = choice.transcript
-    if transcript.error is not None:
-        return "error"
-    if choice.job is None:
-        return "length"
-    return transcript.done.finish_reason if transcript.done else "disconnected"
+def room(lm: LoadedModel, prompt_tokens: int, settings: Settings) -> int:
+    """A chat's default token limit: the rest of the context, up to LLMVIZ_MAX_NEW_TOKENS."""
+    limit = lm.context_length
+    room = (
+        settings.max_new_tokens
+        if limit is None
+        else min(settings.max_new_tokens, limit - prompt_tokens)
+    )
+    if room < 1:
+        raise BadRequest(
+            f"the messages fill the model's context ({limit} tokens): no room to answer",
+            param="messages",
+        )
+    return room

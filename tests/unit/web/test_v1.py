@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from app.web.v1 import errors
-from app.web.v1.completions import NO_LOGPROB, _by_text, _logprob
+from app.web.v1.views import NO_LOGPROB, by_text, logprob
 
 CHAT = [{"role": "user", "content": "Hi"}]
 
@@ -211,10 +211,10 @@ def test_error_types_follow_the_status():
 
 
 def test_non_finite_logprobs_are_minus_9999_and_tokens_that_read_alike_keep_the_likeliest():
-    assert _logprob(float("-inf")) == NO_LOGPROB == -9999.0
-    assert _logprob(float("nan")) == NO_LOGPROB
-    assert _logprob(-1.5) == -1.5
-    assert _by_text([("\ufffd", -1.0), ("a", -2.0), ("\ufffd", -0.5)]) == {
+    assert logprob(float("-inf")) == NO_LOGPROB == -9999.0
+    assert logprob(float("nan")) == NO_LOGPROB
+    assert logprob(-1.5) == -1.5
+    assert by_text([("\ufffd", -1.0), ("a", -2.0), ("\ufffd", -0.5)]) == {
         "\ufffd": -1.0,
         "a": -2.0,
     }
