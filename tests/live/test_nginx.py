@@ -99,9 +99,13 @@ def proxy(replicas):
         yield front
 
 
-def _stats(live: LiveServer, model_id: str) -> dict:
-    loaded = requests.get(live.url("/models"), timeout=5).json()["loaded"]
-    return next(m for m in loaded if m["model_id"] == model_id)
+def _refused(session: requests.Session, url: str) -> requests.Response | None:
+    """GET `url` on `session`: the response if it is a 503, None if a 200 (not refused yet)."""
+    response = session.get(url, timeout=5)
+    if response.status_code == 503:
+        return response
+    assert response.status_code == 200, response.text
+    return None
 
 
 def _hex_id(value: str | None) -> bool:
@@ -192,25 +196,23 @@ def test_stream_is_live_through_nginx(replicas, proxy):
 def test_client_abort_through_nginx_stops_the_work_within_a_second(replicas, proxy):
     body = {"model_id": "slow-gpt2", "prompt": "Hi", "max_new_tokens": 2000}
     body.update(temperature=0, ignore_eos=True)
-    made_before = sum(_stats(live, "slow-gpt2")["generated_tokens"] for live in replicas.live)
+    made_before = sum(live.stats("slow-gpt2")["generated_tokens"] for live in replicas.live)
     response = requests.post(proxy.url("/generate/stream"), json=body, stream=True, timeout=60)
     events = stream_events(response)
     for _ in range(6):
         next(events)
-    assert sum(_stats(live, "slow-gpt2")["active"] for live in replicas.live) == 1
+    assert sum(live.stats("slow-gpt2")["active"] for live in replicas.live) == 1
     response.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)  # the reader goes away
     response.close()
     aborted = time.perf_counter()
     wait_for(
-        lambda: all(_stats(live, "slow-gpt2")["active"] == 0 for live in replicas.live),
+        lambda: all(live.stats("slow-gpt2")["active"] == 0 for live in replicas.live),
         timeout=10,
         interval=0.01,
         message="the generation to stop",
     )
     idle_after = time.perf_counter() - aborted
-    made = (
-        sum(_stats(live, "slow-gpt2")["generated_tokens"] for live in replicas.live) - made_before
-    )
+    made = sum(live.stats("slow-gpt2")["generated_tokens"] for live in replicas.live) - made_before
     cpu_before = sum(live.worker_cpu_seconds() for live in replicas.live)
     time.sleep(1.0)  # a measurement window, not a wait for a condition
     cpu = sum(live.worker_cpu_seconds() for live in replicas.live) - cpu_before
@@ -221,7 +223,7 @@ def test_client_abort_through_nginx_stops_the_work_within_a_second(replicas, pro
     assert idle_after < 1.0
     assert made < 2000 // 2, f"{made} tokens were made for a reader that left after 5"
     assert cpu < 0.3
-    made_later = sum(_stats(live, "slow-gpt2")["generated_tokens"] for live in replicas.live)
+    made_later = sum(live.stats("slow-gpt2")["generated_tokens"] for live in replicas.live)
     assert made_later - made_before == made
 
 
@@ -347,10 +349,14 @@ def test_request_reaching_a_stopping_replica_is_refused_and_retried(replicas):
         first = client.post(front.url("/generate"), json={"prompt": "Hi", "max_new_tokens": 4})
         assert first.ok and front.entry(first.headers["X-Request-ID"])["upstream_addr"] == a
         old = replicas.terminate(0)
-        time.sleep(0.3)  # the worker has its SIGTERM; gunicorn keeps idle connections 2 s
-        # On a connection opened before the SIGTERM: 503, nothing started, connection closed.
-        late = direct.get(replicas.live[0].url("/health"), timeout=5)
-        assert late.status_code == 503, late.text
+        # On the connection opened before the SIGTERM: 200s until the worker has the signal
+        # (each keeps the connection alive; gunicorn keeps idle ones 2 s), then 503, nothing
+        # started, connection closed.
+        late = wait_for(
+            lambda: _refused(direct, old.url("/health")),
+            timeout=10,
+            message="the stopping worker to refuse /health on a kept-alive connection",
+        )
         assert late.json()["code"] == "shutting_down" and late.headers["Retry-After"] == "5"
         assert late.headers["Connection"] == "close"
         # Through nginx, within its 1 s upstream keep-alive: A refuses (503) or its connection
