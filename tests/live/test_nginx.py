@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from app.config import Settings
+from app.ops import lifecycle
 from tests.support import nginx as nginx_support
 from tests.support.nginx import Nginx
 from tests.support.server import REPO, LiveServer, free_port, wait_for
@@ -97,15 +98,6 @@ def replicas(model_root):
 def proxy(replicas):
     with Nginx(replicas.addresses()) as front:
         yield front
-
-
-def _refused(session: requests.Session, url: str) -> requests.Response | None:
-    """GET `url` on `session`: the response if it is a 503, None if a 200 (not refused yet)."""
-    response = session.get(url, timeout=5)
-    if response.status_code == 503:
-        return response
-    assert response.status_code == 200, response.text
-    return None
 
 
 def _hex_id(value: str | None) -> bool:
@@ -349,14 +341,18 @@ def test_request_reaching_a_stopping_replica_is_refused_and_retried(replicas):
         first = client.post(front.url("/generate"), json={"prompt": "Hi", "max_new_tokens": 4})
         assert first.ok and front.entry(first.headers["X-Request-ID"])["upstream_addr"] == a
         old = replicas.terminate(0)
-        # On the connection opened before the SIGTERM: 200s until the worker has the signal
-        # (each keeps the connection alive; gunicorn keeps idle ones 2 s), then 503, nothing
-        # started, connection closed.
-        late = wait_for(
-            lambda: _refused(direct, old.url("/health")),
+        # The worker logs this once it has its SIGTERM. Not polled on `direct`: a request in
+        # flight as the signal lands may be answered with `Connection: close`, and the next
+        # would need a new connection, which the stopped listener refuses.
+        wait_for(
+            lambda: lifecycle.REFUSING in old.log(),
             timeout=10,
-            message="the stopping worker to refuse /health on a kept-alive connection",
+            message="the worker to log that it refuses new requests",
         )
+        # On the connection opened before the SIGTERM (gunicorn keeps idle ones 2 s): 503,
+        # nothing started, connection closed.
+        late = direct.get(old.url("/health"), timeout=5)
+        assert late.status_code == 503, late.text
         assert late.json()["code"] == "shutting_down" and late.headers["Retry-After"] == "5"
         assert late.headers["Connection"] == "close"
         # Through nginx, within its 1 s upstream keep-alive: A refuses (503) or its connection
