@@ -43,15 +43,34 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from the environment, then apply explicit overrides (tests)."""
+        """Build settings from the environment, then apply explicit overrides (tests, scripts).
+
+        An override is keyed by field name (`model_root`, not `LLMVIZ_MODEL_ROOT`) and is
+        converted like the environment value it replaces: a str goes through the same parser
+        (so `"3"` becomes 3 and `"yes"` True), and any other value must already have the
+        field's type, give or take a lossless widening (int to float, a path-like to Path, a
+        list of str to a tuple).
+
+        Raises:
+            ValueError: an unknown override key, a value of the wrong type, or one that
+                cannot be parsed or that `validate` refuses; the message names the setting.
+        """
         env = os.environ if env is None else env
+        defaults = {f.name: f.default for f in fields(cls)}
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = "LLMVIZ_" + f.name.upper()
-            if name not in env:
-                continue
-            values[f.name] = _parse(name, env[name], f.default)
-        settings = replace(cls(), **values, **overrides)
+        for field_name, default in defaults.items():
+            name = "LLMVIZ_" + field_name.upper()
+            if name in env:
+                values[field_name] = _parse(name, env[name], default)
+        unknown = sorted(set(overrides) - set(defaults))
+        if unknown:
+            raise ValueError(
+                f"unknown setting(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(defaults))}"
+            )
+        for field_name, value in overrides.items():
+            values[field_name] = _coerce(field_name, value, defaults[field_name])
+        settings = replace(cls(), **values)
         settings.validate()
         return settings
 
@@ -98,6 +117,39 @@ def _parse(name: str, raw: str, default: Any) -> Any:
         return raw
     except ValueError as exc:
         raise ValueError(f"{name}={raw!r} is not valid: {exc}") from None
+
+
+def _coerce(field_name: str, value: Any, default: Any) -> Any:
+    """Convert one override to the type of its default, as `_parse` does an env value.
+
+    A str is parsed exactly as the environment variable would be, so an override and its
+    LLMVIZ_* variable agree. Anything else must be of the field's type already; the only
+    conversions are the lossless ones (int to float, os.PathLike to Path, list to tuple).
+    """
+    name = "LLMVIZ_" + field_name.upper()
+    if isinstance(value, str) and not isinstance(default, str):
+        return _parse(name, value, default)
+    expected = type(default).__name__
+    # bool is a subclass of int: True must not pass for a cache size, nor 1 for a flag.
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, Path):
+        ok = isinstance(value, os.PathLike)
+        value = Path(value) if ok else value
+    elif isinstance(default, tuple):
+        ok = isinstance(value, tuple | list) and all(isinstance(item, str) for item in value)
+        value = tuple(value) if ok else value
+        expected = "tuple of str"
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ValueError(f"setting {field_name} ({name}) must be a {expected}, not {value!r}")
+    return value
 
 
 def _parse_bool(raw: str) -> bool:

@@ -9,10 +9,11 @@ wakes waiting greenlets only through the hub's thread-safe callback. Under
 
 from __future__ import annotations
 
+import functools
 import importlib
 import queue
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 try:
     from gevent import monkey as _monkey
@@ -20,6 +21,7 @@ except ImportError:  # gevent is optional for `flask run`
     _monkey = None
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def gevent_patched() -> bool:
@@ -56,9 +58,10 @@ def native_logging_locks() -> None:
 
     rlock = _original("_thread", "RLock")
 
-    def create_lock(handler: logging.Handler) -> None:
-        handler.lock = rlock()
-        logging._register_at_fork_reinit_lock(handler)  # type: ignore[attr-defined]
+    # `self`, as in the method it replaces: typeshed names the parameter so.
+    def create_lock(self: logging.Handler) -> None:
+        self.lock = rlock()
+        logging._register_at_fork_reinit_lock(self)  # type: ignore[attr-defined]
 
     logging._lock = rlock()  # type: ignore[attr-defined]
     logging.Handler.createLock = create_lock  # type: ignore[method-assign]
@@ -73,7 +76,7 @@ def start_native_thread(target: Callable[[], None]) -> None:
     _start_new_thread(target, ())
 
 
-def spawn(fn: Callable[..., Any], *args: Any) -> Any:
+def spawn(fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> Any:
     """Run `fn` in the background as a greenlet (under gevent) or a daemon thread.
 
     Unlike `threading.Thread.start`, this never blocks, so it is safe in a signal
@@ -82,10 +85,10 @@ def spawn(fn: Callable[..., Any], *args: Any) -> Any:
     if gevent_patched():
         import gevent
 
-        return gevent.spawn(fn, *args)
+        return gevent.spawn(fn, *args, **kwargs)
     import threading
 
-    threading.Thread(target=fn, args=args, daemon=True).start()
+    threading.Thread(target=fn, args=args, kwargs=kwargs, daemon=True).start()
     return None
 
 
@@ -96,22 +99,26 @@ def stop(greenlets: list[Any]) -> None:
             greenlet.kill(block=False)
 
 
-def run_off_hub(fn: Callable[..., T], *args: Any) -> T:
-    """Call a long blocking function without stalling other greenlets; its errors are raised
-    here, in the caller (gevent's pool would also print each one as a traceback)."""
+def run_off_hub(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Call `fn(*args, **kwargs)` on a native thread of gevent's pool, without stalling
+    other greenlets, and return its result; its errors are raised here, in the caller
+    (gevent's pool would also print each one as a traceback). Without gevent, a plain call.
+    """
     if not gevent_patched():
-        return fn(*args)
+        return fn(*args, **kwargs)
     import gevent
 
-    ok, value = gevent.get_hub().threadpool.apply(_outcome, (fn, args))
+    call = functools.partial(fn, *args, **kwargs)
+    ok, value = gevent.get_hub().threadpool.apply(_outcome, (call,))
     if ok:
         return value
     raise value
 
 
-def _outcome(fn: Callable[..., T], args: tuple) -> tuple[bool, Any]:
+def _outcome(call: Callable[[], T]) -> tuple[bool, T | Exception]:
+    """(True, the result) or (False, the exception): the pool never sees an error."""
     try:
-        return True, fn(*args)
+        return True, call()
     except Exception as exc:
         return False, exc
 

@@ -170,12 +170,12 @@ class ModelCache:
             old.worker.close()
 
     def _evict_over_capacity(self) -> list[LoadedModel]:
-        loaded = [(spec, s) for spec, s in self._slots.items() if s.model is not None]
+        loaded = [(spec, s.model) for spec, s in self._slots.items() if s.model is not None]
         excess = len(loaded) - self.settings.cache_size
         evicted = []
-        for spec, slot in loaded[: max(excess, 0)]:
+        for spec, model in loaded[: max(excess, 0)]:
             del self._slots[spec]
-            evicted.append(slot.model)
+            evicted.append(model)
         return evicted
 
 

@@ -42,6 +42,8 @@ def read_config(spec: ModelSpec) -> tuple[PretrainedConfig, dict[str, Any]]:
     with _loading_errors(spec):
         config = AutoConfig.from_pretrained(spec.source, **_options(spec))
         path = cached_file(spec.source, "config.json", local_files_only=_local_only(spec))
+        if path is None:  # only with _raise_exceptions_for_missing_entries=False, not here
+            raise OSError(f"{spec.source} has no config.json")
         with open(path, encoding="utf-8") as handle:
             raw = json.load(handle)
     return config, raw
@@ -71,7 +73,9 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
         model = AutoModelForCausalLM.from_pretrained(
             spec.source, dtype=_pick_dtype(settings.dtype, device), **_options(spec)
         )
-    model.to(device).eval()
+    # transformers wraps `to` with functools.wraps, which mypy cannot bind to an instance;
+    # called on the model's own class, it is the same method with the same checks.
+    type(model).to(model, device).eval()
     packed = pack_linear_layers(model) if settings.packed_weights else 0
     eos_ids = _eos_ids(model, profile.tokenizer)
     seconds = time.perf_counter() - started

@@ -19,6 +19,7 @@ with the unpacked model to about 1e-6 (not bit for bit).
 from __future__ import annotations
 
 import logging
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -82,13 +83,19 @@ def pack_linear_layers(model: nn.Module) -> int:
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if type(child) in (nn.Linear, Conv1D)
+        if _plain_linear(child)
     ]
     if not layers or not _reproduces(layers[0][2]):
         return 0
     for parent, name, child in layers:
         setattr(parent, name, _packed(child))
     return len(layers)
+
+
+def _plain_linear(module: nn.Module) -> TypeGuard[nn.Linear | Conv1D]:
+    """An `nn.Linear` or a `Conv1D` itself: a subclass (quantized, adapter) may hold its
+    weight differently or add to the product, so it is not one of these."""
+    return type(module) in (nn.Linear, Conv1D)
 
 
 def _packed(layer: nn.Linear | Conv1D) -> PackedLinear:

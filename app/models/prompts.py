@@ -8,10 +8,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
+from app.engine.contract import decode_text
 from app.engine.decoding import Pieces, char_spans, split_pieces
 from app.errors import BadRequest
-from app.models.loaded import LoadedModel
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+class Tokenized(Protocol):
+    """What these functions need of a model: its id (for errors) and its tokenizer.
+
+    A `ModelProfile` has both before the weights are loaded, so a request can be
+    encoded (and refused) early; a `LoadedModel` has them too.
+    """
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase: ...
 
 
 @dataclass(frozen=True)
@@ -35,7 +53,7 @@ class PromptInput:
     add_special_tokens: bool | None = None  # None: the tokenizer's own default
 
 
-def render(lm: LoadedModel, given: PromptInput) -> tuple[str, bool | None]:
+def render(lm: Tokenized, given: PromptInput) -> tuple[str, bool | None]:
     """The prompt text, and whether to add special tokens (None: the tokenizer's default)."""
     if given.messages is None:
         return given.prompt or "", given.add_special_tokens
@@ -49,11 +67,14 @@ def render(lm: LoadedModel, given: PromptInput) -> tuple[str, bool | None]:
         )
     except Exception as exc:  # jinja raises for conversations the template refuses
         raise BadRequest(f"the chat template refused these messages: {exc}") from None
+    # One conversation rendered with tokenize=False is one str (ids or a batch otherwise).
+    if not isinstance(text, str):
+        raise TypeError(f"apply_chat_template answered {type(text).__name__}, not a str")
     # A rendered template already holds its special tokens (BOS and the like).
     return text, False
 
 
-def encode(lm: LoadedModel, given: PromptInput) -> tuple[str, list[int]]:
+def encode(lm: Tokenized, given: PromptInput) -> tuple[str, list[int]]:
     """The prompt text and its ids for generation; an empty prompt starts from BOS."""
     prompt, add_special = render(lm, given)
     ids = _encode(lm, prompt, add_special_tokens=add_special is not False)["input_ids"]
@@ -64,7 +85,7 @@ def encode(lm: LoadedModel, given: PromptInput) -> tuple[str, list[int]]:
     return prompt, [lm.tokenizer.bos_token_id]
 
 
-def count_tokens(lm: LoadedModel, given: PromptInput) -> int:
+def count_tokens(lm: Tokenized, given: PromptInput) -> int:
     """How many tokens `tokenize` would give, without working out their texts and spans."""
     if given.token_ids is not None:
         return len(check_token_ids(lm, given.token_ids))
@@ -73,7 +94,7 @@ def count_tokens(lm: LoadedModel, given: PromptInput) -> int:
     return len(_encode(lm, prompt, **options)["input_ids"])
 
 
-def tokenize(lm: LoadedModel, given: PromptInput) -> Tokens:
+def tokenize(lm: Tokenized, given: PromptInput) -> Tokens:
     """Tokenize `prompt` or `messages`, or describe given `token_ids`, for display."""
     tokenizer = lm.tokenizer
     if given.token_ids is not None:
@@ -89,7 +110,7 @@ def tokenize(lm: LoadedModel, given: PromptInput) -> Tokens:
 
 
 def detokenize(
-    lm: LoadedModel, ids: Sequence[int], skip_special_tokens: bool, context_ids: Sequence[int] = ()
+    lm: Tokenized, ids: Sequence[int], skip_special_tokens: bool, context_ids: Sequence[int] = ()
 ) -> str:
     """The text of these ids (checked against the vocabulary), read after `context_ids`.
 
@@ -102,7 +123,8 @@ def detokenize(
     return whole[len(_decode(lm, context, skip_special_tokens)) :] if context else whole
 
 
-def _encode(lm: LoadedModel, prompt: str, **options: bool) -> dict:
+def _encode(lm: Tokenized, prompt: str, **options: bool) -> Any:
+    """The tokenizer's encoding of `prompt` (a BatchEncoding: `input_ids`, maybe offsets)."""
     try:
         return lm.tokenizer(prompt, **options)
     except Exception as exc:  # e.g. a character a vocabulary without an unknown token lacks
@@ -111,13 +133,11 @@ def _encode(lm: LoadedModel, prompt: str, **options: bool) -> dict:
         ) from None
 
 
-def _decode(lm: LoadedModel, ids: list[int], skip_special_tokens: bool) -> str:
-    return lm.tokenizer.decode(
-        ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False
-    )
+def _decode(lm: Tokenized, ids: list[int], skip_special_tokens: bool) -> str:
+    return decode_text(lm.tokenizer, ids, skip_special_tokens)
 
 
-def check_token_ids(lm: LoadedModel, ids: Sequence[int]) -> list[int]:
+def check_token_ids(lm: Tokenized, ids: Sequence[int]) -> list[int]:
     """The ids, if every one is in the model's vocabulary; a 400 otherwise."""
     vocab = len(lm.tokenizer)
     if bad := [i for i in ids if not 0 <= i < vocab]:

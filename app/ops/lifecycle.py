@@ -55,7 +55,13 @@ def stop_background() -> None:
     _background.clear()
 
 
+# Logged once stopping() is true: operators see when refusals begin, tests wait for it.
+REFUSING = "shutting down: new requests are refused"
+
+
 def _drain_later(delay: float) -> None:
+    # Here, not in the signal handler that spawned this: logging takes locks.
+    log.info("%s; generations still running end in %.1f s", REFUSING, max(delay, 0.0))
     time.sleep(max(delay, 0.0))
     log.info("shutting down: ending the generations still running")
     models.cache.drain("shutdown")

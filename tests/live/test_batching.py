@@ -7,12 +7,7 @@ import threading
 import requests
 
 from tests.support.server import wait_for
-from tests.support.sse_client import message_data, parse, stream_events
-
-
-def _stats(live, model_id):
-    loaded = requests.get(live.url("/models"), timeout=5).json()["loaded"]
-    return next(m for m in loaded if m["model_id"] == model_id)
+from tests.support.sse_client import message_data, stream_events
 
 
 def _greedy(model_id, prompt, tokens):
@@ -25,28 +20,21 @@ def _greedy(model_id, prompt, tokens):
     }
 
 
-def _stream_text(live, body):
-    response = requests.post(live.url("/generate/stream"), json=body, timeout=120)
-    return "".join(message_data(parse(response.content.decode())))
-
-
 def test_concurrent_streams_share_forward_passes_and_keep_their_text(server):
     prompts = ["A", "A somewhat longer prompt here", "Mid length one", "B"]
     bodies = [_greedy("slow-gpt2", prompt, 200) for prompt in prompts]
-    alone = [
-        requests.post(server.url("/generate"), json=b, timeout=120).json()["text"] for b in bodies
-    ]
-    before = _stats(server, "slow-gpt2")
+    alone = [server.generate(**b) for b in bodies]
+    before = server.stats("slow-gpt2")
     results = {}
     threads = [
-        threading.Thread(target=lambda i=i, b=b: results.update({i: _stream_text(server, b)}))
+        threading.Thread(target=lambda i=i, b=b: results.update({i: server.stream_text(**b)}))
         for i, b in enumerate(bodies)
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    after = _stats(server, "slow-gpt2")
+    after = server.stats("slow-gpt2")
     steps = after["decode_steps"] - before["decode_steps"]
     assert after["generated_tokens"] - before["generated_tokens"] == 800
     # One at a time would take 4 x 199 steps; batched, the rows share them.
@@ -58,22 +46,22 @@ def test_concurrent_streams_share_forward_passes_and_keep_their_text(server):
 def test_a_finished_request_leaves_the_batch_at_once(server):
     long_body = _greedy("slow-gpt2", "Long", 1500)
     requests.post(server.url("/generate"), json={**long_body, "max_new_tokens": 1}, timeout=60)
-    before = _stats(server, "slow-gpt2")["generated_tokens"]
+    before = server.stats("slow-gpt2")["generated_tokens"]
     with requests.post(
         server.url("/generate/stream"), json=long_body, stream=True, timeout=120
     ) as long_stream:
         events = stream_events(long_stream)
         next(events)
-        wait_for(lambda: _stats(server, "slow-gpt2")["active"] == 1, 10, message="long job")
+        wait_for(lambda: server.stats("slow-gpt2")["active"] == 1, 10, message="long job")
         short = requests.post(
             server.url("/generate"), json=_greedy("slow-gpt2", "Short", 20), timeout=60
         )
         assert short.status_code == 200
         # The short one leaves right after its last step; the long one still runs.
-        wait_for(lambda: _stats(server, "slow-gpt2")["active"] == 1, 2, message="it to leave")
+        wait_for(lambda: server.stats("slow-gpt2")["active"] == 1, 2, message="it to leave")
         assert message_data(events)  # the long stream carries on to its end
-    wait_for(lambda: _stats(server, "slow-gpt2")["active"] == 0, 10, message="the end")
-    assert _stats(server, "slow-gpt2")["generated_tokens"] - before == 1500 + 20
+    wait_for(lambda: server.stats("slow-gpt2")["active"] == 0, 10, message="the end")
+    assert server.stats("slow-gpt2")["generated_tokens"] - before == 1500 + 20
 
 
 def test_max_batch_limits_rows_and_queues_the_rest(start_server):
@@ -87,7 +75,7 @@ def test_max_batch_limits_rows_and_queues_the_rest(start_server):
     try:
         wait_for(
             lambda: (
-                (_stats(live, "slow-gpt2")["active"], _stats(live, "slow-gpt2")["queued"]) == (2, 1)
+                (live.stats("slow-gpt2")["active"], live.stats("slow-gpt2")["queued"]) == (2, 1)
             ),
             timeout=20,
             message="two rows running and one waiting",
@@ -95,7 +83,7 @@ def test_max_batch_limits_rows_and_queues_the_rest(start_server):
     finally:
         for stream in streams:
             stream.close()
-    wait_for(lambda: _stats(live, "slow-gpt2")["active"] == 0, timeout=20, message="cancel")
+    wait_for(lambda: live.stats("slow-gpt2")["active"] == 0, timeout=20, message="cancel")
 
 
 def test_a_long_prompt_joins_running_streams_in_chunks_and_all_keep_their_text(server):
@@ -109,16 +97,16 @@ def test_a_long_prompt_joins_running_streams_in_chunks_and_all_keep_their_text(s
     alone = [a.json()["text"] for a in answers]
     results = {}
     threads = [
-        threading.Thread(target=lambda i=i, b=b: results.update({i: _stream_text(server, b)}))
+        threading.Thread(target=lambda i=i, b=b: results.update({i: server.stream_text(**b)}))
         for i, b in enumerate(running)
     ]
     for thread in threads:
         thread.start()
-    wait_for(lambda: _stats(server, "slow-gpt2")["active"] == 2, 20, message="two streams")
-    steps = _stats(server, "slow-gpt2")["decode_steps"]
-    wait_for(lambda: _stats(server, "slow-gpt2")["decode_steps"] > steps + 3, 20, message="steps")
+    wait_for(lambda: server.stats("slow-gpt2")["active"] == 2, 20, message="two streams")
+    steps = server.stats("slow-gpt2")["decode_steps"]
+    wait_for(lambda: server.stats("slow-gpt2")["decode_steps"] > steps + 3, 20, message="steps")
     joined = requests.post(server.url("/generate"), json=joiner, timeout=120).json()
-    during = _stats(server, "slow-gpt2")["decode_steps"] - steps
+    during = server.stats("slow-gpt2")["decode_steps"] - steps
     for thread in threads:
         thread.join(timeout=120)
     assert [results[0], results[1], joined["text"]] == alone

@@ -19,11 +19,6 @@ def page(browser, page_origin):
     tab.close()
 
 
-def _stats(server, model_id):
-    loaded = requests.get(server.url("/models"), timeout=5).json()["loaded"]
-    return next(m for m in loaded if m["model_id"] == model_id)
-
-
 def test_tokenize_from_another_origin(page, server):
     result = page.evaluate(
         "([base, body]) => tokenize(base, body)",
@@ -36,7 +31,7 @@ def test_tokenize_from_another_origin(page, server):
 def test_stream_from_another_origin_matches_generate(page, server):
     body = {"model_id": "tiny-gpt2", "prompt": "Hello 🦙\nworld", "max_new_tokens": 30}
     body["temperature"] = 0
-    expected = requests.post(server.url("/generate"), json=body, timeout=60).json()["text"]
+    expected = server.generate(**body)
     result = page.evaluate("([base, body]) => stream(base, body, 0)", [server.base, body])
     assert result["status"] == 200
     assert result["events"][0] == body["prompt"]
@@ -47,9 +42,9 @@ def test_abort_stops_the_server(page, server):
     body = {"model_id": "slow-gpt2", "prompt": "Hi", "max_new_tokens": 2000}
     body.update(temperature=0, ignore_eos=True)
     requests.post(server.url("/generate"), json={**body, "max_new_tokens": 1}, timeout=60)
-    before = _stats(server, "slow-gpt2")["generated_tokens"]
+    before = server.stats("slow-gpt2")["generated_tokens"]
     result = page.evaluate("([base, body]) => stream(base, body, 5)", [server.base, body])
     assert result["aborted"] and len(result["events"]) >= 5
-    wait_for(lambda: _stats(server, "slow-gpt2")["active"] == 0, timeout=10, message="stop")
-    made = _stats(server, "slow-gpt2")["generated_tokens"] - before
+    wait_for(lambda: server.stats("slow-gpt2")["active"] == 0, timeout=10, message="stop")
+    made = server.stats("slow-gpt2")["generated_tokens"] - before
     assert made < 200, f"the server made {made} tokens for a reader that aborted after 4"

@@ -7,14 +7,8 @@ import threading
 
 import requests
 
-from tests.support.sse_client import SSEEvent, message_data, parse
-
-
-def _generate(client, **body):
-    response = client.post("/generate", json=body)
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
-
+from tests.support.client import generate
+from tests.support.sse_client import SSEEvent, parse
 
 # -- seeds --
 
@@ -25,15 +19,10 @@ def _seeded(model_id="tiny-llama", seed=1234, **extra):
     return body
 
 
-def _stream_text(server, body):
-    response = requests.post(server.url("/generate/stream"), json=body, timeout=120)
-    return "".join(message_data(parse(response.content.decode())))
-
-
 def test_seeded_runs_match_streamed_or_not_alone_or_in_company(server):
     body = _seeded()
-    alone = requests.post(server.url("/generate"), json=body, timeout=120).json()["text"]
-    assert _stream_text(server, body) == alone
+    alone = server.generate(**body)
+    assert server.stream_text(**body) == alone
     other_seed = requests.post(server.url("/generate"), json=_seeded(seed=99), timeout=120)
     assert other_seed.json()["text"] != alone  # the seed matters
 
@@ -43,15 +32,9 @@ def test_seeded_runs_match_streamed_or_not_alone_or_in_company(server):
         {**_seeded(seed=4, max_new_tokens=200), "temperature": 0.3, "stop": ["zzz"]},
     ]
     for other in others:
-        company.append(threading.Thread(target=_stream_text, args=(server, other)))
-    company.append(threading.Thread(target=lambda: results.update(s=_stream_text(server, body))))
-    company.append(
-        threading.Thread(
-            target=lambda: results.update(
-                g=requests.post(server.url("/generate"), json=body, timeout=120).json()["text"]
-            )
-        )
-    )
+        company.append(threading.Thread(target=lambda o=other: server.stream_text(**o)))
+    company.append(threading.Thread(target=lambda: results.update(s=server.stream_text(**body))))
+    company.append(threading.Thread(target=lambda: results.update(g=server.generate(**body))))
     for thread in company:
         thread.start()
     for thread in company:
@@ -65,15 +48,15 @@ def test_seeded_runs_match_streamed_or_not_alone_or_in_company(server):
 def test_stop_string_ends_the_text_before_it(client, server):
     base = {"prompt": "Stop test:", "max_new_tokens": 60, "temperature": 0, "ignore_eos": True}
     base["return_full_text"] = False
-    full = _generate(client, **base)["text"]
+    full = generate(client, **base)["text"]
     assert len(full) > 10
     stop = full[6:8]
     expected = full[: full.index(stop)]
-    answer = _generate(client, **base, stop=[stop, "never-there"], details=True)
+    answer = generate(client, **base, stop=[stop, "never-there"], details=True)
     assert answer["text"] == expected
     assert answer["details"]["finish_reason"] == "stop"
     assert answer["details"]["generated_tokens"] < 60
-    streamed = _stream_text(server, {**base, "stop": [stop]})
+    streamed = server.stream_text(**base, stop=[stop])
     assert streamed == expected
 
 

@@ -14,26 +14,9 @@ import pytest
 import requests
 
 from tests.support.server import wait_for
-from tests.support.sse_client import message_data, parse
+from tests.support.sse_client import message_data
 
 GREEDY = {"temperature": 0, "ignore_eos": True, "return_full_text": False}
-
-
-def _generate(server, body) -> str:
-    response = requests.post(server.url("/generate"), json=body, timeout=60)
-    assert response.status_code == 200, response.text
-    return response.json()["text"]
-
-
-def _stream(server, body) -> list:
-    response = requests.post(server.url("/generate/stream"), json=body, timeout=60)
-    assert response.status_code == 200
-    return parse(response.content.decode("utf-8"))
-
-
-def _stats(server, model_id):
-    loaded = requests.get(server.url("/models"), timeout=5).json()["loaded"]
-    return next(m for m in loaded if m["model_id"] == model_id)
 
 
 # -- F2: every held-back text at the end of every stream kind ----------------------------
@@ -49,10 +32,10 @@ def _stats(server, model_id):
 )
 def test_every_stream_kind_rebuilds_the_text_of_generate(server, chain_model, stop, expected):
     body = {"model_id": chain_model, "prompt": "Dam", "max_new_tokens": 3, "stop": stop, **GREEDY}
-    assert _generate(server, body) == expected
-    plain = _stream(server, body)
+    assert server.generate(**body) == expected
+    plain = server.stream(**body)
     assert "".join(message_data(plain)) == expected
-    detailed = _stream(server, {**body, "details": True})
+    detailed = server.stream(**body, details=True)
     assert [e.event for e in detailed] == ["token"] * len(detailed[:-1]) + ["done"]
     deltas = [json.loads(e.data)["delta"] for e in detailed]
     assert "".join(deltas) == expected
@@ -67,9 +50,9 @@ def test_a_crlf_split_across_tokens_streams_as_one_line_break(start_server, chai
     live = start_server(LLMVIZ_STREAM_COMPAT="1" if compat else "0")
     # The chain: Hello, " world", CR, LF, Hello, ...
     body = {"model_id": chain_model, "prompt": "Hello", "max_new_tokens": 7, **GREEDY}
-    text = _generate(live, body)
+    text = live.generate(**body)
     assert text == " world\r\nHello world\r\n"
-    streamed = "".join(message_data(_stream(live, body)))
+    streamed = "".join(message_data(live.stream(**body)))
     # SSE has no way to send a bare CR: CRLF (and CR) arrive as LF, once.
     assert streamed == text.replace("\r\n", "\n")
 
@@ -80,7 +63,7 @@ def test_a_crlf_split_across_tokens_streams_as_one_line_break(start_server, chai
 def test_generate_stops_soon_after_its_client_leaves(server):
     body = {"model_id": "slow-gpt2", "prompt": "Hi", "max_new_tokens": 1000, **GREEDY}
     requests.post(server.url("/generate"), json={**body, "max_new_tokens": 1}, timeout=60)
-    before = _stats(server, "slow-gpt2")["generated_tokens"]
+    before = server.stats("slow-gpt2")["generated_tokens"]
     payload = json.dumps(body).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(
@@ -88,15 +71,15 @@ def test_generate_stops_soon_after_its_client_leaves(server):
             + f"Content-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )
-        wait_for(lambda: _stats(server, "slow-gpt2")["active"] == 1, 10, message="the job")
+        wait_for(lambda: server.stats("slow-gpt2")["active"] == 1, 10, message="the job")
         wait_for(
-            lambda: _stats(server, "slow-gpt2")["generated_tokens"] - before >= 5,
+            lambda: server.stats("slow-gpt2")["generated_tokens"] - before >= 5,
             timeout=30,
             message="a few tokens",
         )
     left = time.monotonic()
-    wait_for(lambda: _stats(server, "slow-gpt2")["active"] == 0, 10, message="the job to end")
-    made = _stats(server, "slow-gpt2")["generated_tokens"] - before
+    wait_for(lambda: server.stats("slow-gpt2")["active"] == 0, 10, message="the job to end")
+    made = server.stats("slow-gpt2")["generated_tokens"] - before
     assert made < 500, f"{made} of 1000 tokens were made for a client that left"
     assert time.monotonic() - left < 10
 

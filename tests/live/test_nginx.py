@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from app.config import Settings
+from app.ops import lifecycle
 from tests.support import nginx as nginx_support
 from tests.support.nginx import Nginx
 from tests.support.server import REPO, LiveServer, free_port, wait_for
@@ -97,11 +98,6 @@ def replicas(model_root):
 def proxy(replicas):
     with Nginx(replicas.addresses()) as front:
         yield front
-
-
-def _stats(live: LiveServer, model_id: str) -> dict:
-    loaded = requests.get(live.url("/models"), timeout=5).json()["loaded"]
-    return next(m for m in loaded if m["model_id"] == model_id)
 
 
 def _hex_id(value: str | None) -> bool:
@@ -192,25 +188,23 @@ def test_stream_is_live_through_nginx(replicas, proxy):
 def test_client_abort_through_nginx_stops_the_work_within_a_second(replicas, proxy):
     body = {"model_id": "slow-gpt2", "prompt": "Hi", "max_new_tokens": 2000}
     body.update(temperature=0, ignore_eos=True)
-    made_before = sum(_stats(live, "slow-gpt2")["generated_tokens"] for live in replicas.live)
+    made_before = sum(live.stats("slow-gpt2")["generated_tokens"] for live in replicas.live)
     response = requests.post(proxy.url("/generate/stream"), json=body, stream=True, timeout=60)
     events = stream_events(response)
     for _ in range(6):
         next(events)
-    assert sum(_stats(live, "slow-gpt2")["active"] for live in replicas.live) == 1
+    assert sum(live.stats("slow-gpt2")["active"] for live in replicas.live) == 1
     response.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)  # the reader goes away
     response.close()
     aborted = time.perf_counter()
     wait_for(
-        lambda: all(_stats(live, "slow-gpt2")["active"] == 0 for live in replicas.live),
+        lambda: all(live.stats("slow-gpt2")["active"] == 0 for live in replicas.live),
         timeout=10,
         interval=0.01,
         message="the generation to stop",
     )
     idle_after = time.perf_counter() - aborted
-    made = (
-        sum(_stats(live, "slow-gpt2")["generated_tokens"] for live in replicas.live) - made_before
-    )
+    made = sum(live.stats("slow-gpt2")["generated_tokens"] for live in replicas.live) - made_before
     cpu_before = sum(live.worker_cpu_seconds() for live in replicas.live)
     time.sleep(1.0)  # a measurement window, not a wait for a condition
     cpu = sum(live.worker_cpu_seconds() for live in replicas.live) - cpu_before
@@ -221,7 +215,7 @@ def test_client_abort_through_nginx_stops_the_work_within_a_second(replicas, pro
     assert idle_after < 1.0
     assert made < 2000 // 2, f"{made} tokens were made for a reader that left after 5"
     assert cpu < 0.3
-    made_later = sum(_stats(live, "slow-gpt2")["generated_tokens"] for live in replicas.live)
+    made_later = sum(live.stats("slow-gpt2")["generated_tokens"] for live in replicas.live)
     assert made_later - made_before == made
 
 
@@ -347,9 +341,17 @@ def test_request_reaching_a_stopping_replica_is_refused_and_retried(replicas):
         first = client.post(front.url("/generate"), json={"prompt": "Hi", "max_new_tokens": 4})
         assert first.ok and front.entry(first.headers["X-Request-ID"])["upstream_addr"] == a
         old = replicas.terminate(0)
-        time.sleep(0.3)  # the worker has its SIGTERM; gunicorn keeps idle connections 2 s
-        # On a connection opened before the SIGTERM: 503, nothing started, connection closed.
-        late = direct.get(replicas.live[0].url("/health"), timeout=5)
+        # The worker logs this once it has its SIGTERM. Not polled on `direct`: a request in
+        # flight as the signal lands may be answered with `Connection: close`, and the next
+        # would need a new connection, which the stopped listener refuses.
+        wait_for(
+            lambda: lifecycle.REFUSING in old.log(),
+            timeout=10,
+            message="the worker to log that it refuses new requests",
+        )
+        # On the connection opened before the SIGTERM (gunicorn keeps idle ones 2 s): 503,
+        # nothing started, connection closed.
+        late = direct.get(old.url("/health"), timeout=5)
         assert late.status_code == 503, late.text
         assert late.json()["code"] == "shutting_down" and late.headers["Retry-After"] == "5"
         assert late.headers["Connection"] == "close"

@@ -14,7 +14,7 @@ import requests
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.support.server import wait_for
+from tests.support.server import IDLE, wait_for
 from tests.support.sse_client import SSEEvent, parse
 
 PROMPT = "Hello wörld 🦙 two  spaces"
@@ -26,19 +26,6 @@ def _client(server, key: str = "unused") -> openai.OpenAI:
 
 def _async_client(server) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=server.url("/v1"), api_key="x", max_retries=0, timeout=120)
-
-
-def _native(server, **body) -> str:
-    body.setdefault("return_full_text", False)
-    answer = requests.post(server.url("/generate"), json=body, timeout=120)
-    assert answer.status_code == 200, answer.text
-    return answer.json()["text"]
-
-
-def _stats(server, model_id):
-    loaded = requests.get(server.url("/models"), timeout=5).json()["loaded"]
-    idle = {"active": 0, "queued": 0, "generated_tokens": 0}  # not loaded (yet)
-    return next((m for m in loaded if m["model_id"] == model_id), idle)
 
 
 def _raw_stream(server, path: str, body: dict) -> list[SSEEvent | str]:
@@ -75,8 +62,8 @@ def test_greedy_completion_equals_generate_and_counts_real_tokens(server, chain_
     )
     assert answer.object == "text_completion" and answer.id.startswith("cmpl-")
     assert answer.choices[0].text == " cat sat on the mat."  # CHAINS, one GPT-2 token each
-    assert answer.choices[0].text == _native(
-        server, model_id=chain_model, prompt="The", max_new_tokens=6, temperature=0
+    assert answer.choices[0].text == server.generate(
+        return_full_text=False, model_id=chain_model, prompt="The", max_new_tokens=6, temperature=0
     )
     assert answer.choices[0].finish_reason == "length"
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (1, 6)
@@ -116,8 +103,8 @@ def test_n_choices_with_a_seed_are_batch_rows_with_seeds_seed_plus_i(server):
 
     assert [choice.text for choice in asyncio.run(in_async()).choices] == texts
     for i, text in enumerate(texts):  # choice i is /generate with seed 7 + i
-        native = _native(
-            server,
+        native = server.generate(
+            return_full_text=False,
             model_id="tiny-gpt2",
             prompt="Hello",
             seed=7 + i,
@@ -238,8 +225,8 @@ def test_chat_stream_with_logprobs_async(server):
 
     chunks = asyncio.run(chat())
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
-    greedy = _native(
-        server,
+    greedy = server.generate(
+        return_full_text=False,
         model_id="tiny-llama",
         messages=[{"role": "user", "content": "Hi"}],
         max_new_tokens=6,
@@ -305,12 +292,14 @@ def test_seeded_text_is_the_same_streamed_or_not_alone_or_among_four_others(serv
     for thread in others:
         thread.start()
     try:
-        wait_for(lambda: _stats(server, "slow-gpt2")["active"] >= 4, timeout=30, message="4 others")
+        wait_for(
+            lambda: server.stats("slow-gpt2", IDLE)["active"] >= 4, timeout=30, message="4 others"
+        )
         busy = client.completions.create(**params).choices[0].text
         busy_streamed = "".join(
             c.choices[0].text for c in client.completions.create(**params, stream=True)
         )
-        assert _stats(server, "slow-gpt2")["active"] >= 4  # they were still running
+        assert server.stats("slow-gpt2", IDLE)["active"] >= 4  # they were still running
     finally:
         stop.set()
         for thread in others:
@@ -336,7 +325,7 @@ def _keep_streaming(server, i: int, stop: threading.Event) -> None:
 def test_a_client_that_leaves_a_stream_stops_its_job(server):
     client = _client(server)
     client.completions.create(model="slow-gpt2", prompt="warm", max_tokens=1)
-    before = _stats(server, "slow-gpt2")["generated_tokens"]
+    before = server.stats("slow-gpt2", IDLE)["generated_tokens"]
     stream = client.completions.create(
         model="slow-gpt2",
         prompt="Hi",
@@ -347,8 +336,10 @@ def test_a_client_that_leaves_a_stream_stops_its_job(server):
     for _, _chunk in zip(range(3), stream, strict=False):
         pass
     stream.close()
-    wait_for(lambda: _stats(server, "slow-gpt2")["active"] == 0, timeout=10, message="job to end")
-    made = _stats(server, "slow-gpt2")["generated_tokens"] - before
+    wait_for(
+        lambda: server.stats("slow-gpt2", IDLE)["active"] == 0, timeout=10, message="job to end"
+    )
+    made = server.stats("slow-gpt2", IDLE)["generated_tokens"] - before
     assert made < 300, f"{made} tokens were generated for a reader that left after 3"
 
 
@@ -388,13 +379,13 @@ def test_errors_are_the_clients_typed_errors_with_our_message(server, start_serv
     # One after the other: two arriving together could both find the model loading, and the
     # second the queue (of one) already taken by the first.
     running[0].start()
-    wait_for(lambda: _stats(busy, "slow-gpt2")["active"] == 1, timeout=60, message="a stream")
+    wait_for(lambda: busy.stats("slow-gpt2", IDLE)["active"] == 1, timeout=60, message="a stream")
     running[1].start()
     try:  # one stream decodes, one waits in the queue: the queue is full
         wait_for(
             lambda: (
-                _stats(busy, "slow-gpt2")["active"] == 1
-                and _stats(busy, "slow-gpt2")["queued"] == 1
+                busy.stats("slow-gpt2", IDLE)["active"] == 1
+                and busy.stats("slow-gpt2", IDLE)["queued"] == 1
             ),
             timeout=60,
             message="a full queue",
@@ -412,7 +403,7 @@ def test_errors_are_the_clients_typed_errors_with_our_message(server, start_serv
     with pytest.raises(openai.BadRequestError) as never:  # more than the queue could ever hold
         _client(busy).completions.create(model="slow-gpt2", prompt="x", n=2, max_tokens=2)
     assert never.value.param == "n"
-    wait_for(lambda: _stats(busy, "slow-gpt2")["active"] == 0, timeout=30, message="idle")
+    wait_for(lambda: busy.stats("slow-gpt2", IDLE)["active"] == 0, timeout=30, message="idle")
 
 
 V1_BAD_INPUTS = [

@@ -27,16 +27,11 @@ def _post_stream(server, body, **kwargs):
     )
 
 
-def _stats(server, model_id):
-    loaded = requests.get(server.url("/models"), timeout=5).json()["loaded"]
-    return next(m for m in loaded if m["model_id"] == model_id)
-
-
 @pytest.mark.parametrize("model_id", ["tiny-gpt2", "tiny-llama"])
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_joined_stream_equals_generate(server, model_id, prompt):
     body = {"model_id": model_id, "prompt": prompt, "max_new_tokens": 48, "temperature": 0}
-    expected = requests.post(server.url("/generate"), json=body, timeout=60).json()["text"]
+    expected = server.generate(**body)
     response = _post_stream(server, body)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/event-stream")
@@ -50,7 +45,7 @@ def test_joined_stream_equals_generate(server, model_id, prompt):
 
 def test_stream_without_echo(server):
     body = {"prompt": "Hello", "max_new_tokens": 10, "temperature": 0, "return_full_text": False}
-    expected = requests.post(server.url("/generate"), json=body, timeout=60).json()["text"]
+    expected = server.generate(**body)
     events = parse(_post_stream(server, body).content.decode())
     assert "".join(message_data(events)) == expected
     assert all(isinstance(e, SSEEvent) and e.event == "message" for e in events)
@@ -64,7 +59,7 @@ def test_tokens_arrive_while_the_generation_is_still_running(server):
         assert next(events).data == "Hi"
         first_token = next(e for e in events if isinstance(e, SSEEvent))
         assert first_token.event == "message"
-        stats = _stats(server, "slow-gpt2")
+        stats = server.stats("slow-gpt2")
         assert stats["active"] == 1
         assert stats["generated_tokens"] < 1000  # not buffered until the end
 
@@ -73,7 +68,7 @@ def test_disconnect_stops_the_generation(server):
     body = {"model_id": "slow-gpt2", "prompt": "Hi", "max_new_tokens": 2000}
     body.update(temperature=0, ignore_eos=True)
     requests.post(server.url("/generate"), json={**body, "max_new_tokens": 1}, timeout=60)
-    before = _stats(server, "slow-gpt2")["generated_tokens"]
+    before = server.stats("slow-gpt2")["generated_tokens"]
     threads = server.worker_threads()
     response = _post_stream(server, body)
     events = stream_events(response)
@@ -81,13 +76,13 @@ def test_disconnect_stops_the_generation(server):
         next(events)
     response.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)  # the reader goes away
     response.close()
-    wait_for(lambda: _stats(server, "slow-gpt2")["active"] == 0, timeout=10, message="job to end")
-    made = _stats(server, "slow-gpt2")["generated_tokens"] - before
+    wait_for(lambda: server.stats("slow-gpt2")["active"] == 0, timeout=10, message="job to end")
+    made = server.stats("slow-gpt2")["generated_tokens"] - before
     assert made < 200, f"{made} tokens were generated for a reader that left after 3"
     cpu_before = server.worker_cpu_seconds()
     time.sleep(1.0)  # a measurement window, not a wait for a condition
     assert server.worker_cpu_seconds() - cpu_before < 0.3
-    assert _stats(server, "slow-gpt2")["generated_tokens"] - before == made
+    assert server.stats("slow-gpt2")["generated_tokens"] - before == made
     assert server.worker_threads() == threads  # the request left no thread behind
 
 
@@ -161,7 +156,7 @@ def test_pings_while_waiting_and_no_heartbeat_timeout(start_server):
     with _post_stream(live, long_body) as first:
         first_events = stream_events(first)  # keep it: dropping it would close the connection
         next(first_events)
-        wait_for(lambda: _stats(live, "slow-gpt2")["active"] == 1, timeout=10, message="job")
+        wait_for(lambda: live.stats("slow-gpt2")["active"] == 1, timeout=10, message="job")
         # The only slot is taken: the second stream waits in the queue, kept alive by pings.
         second = _post_stream(live, {**long_body, "max_new_tokens": 5})
         events = parse(second.content.decode())
@@ -180,9 +175,9 @@ def test_full_queue_is_503_while_admitted_requests_finish(start_server):
     running = _post_stream(live, body)
     running_events = stream_events(running)
     next(running_events)
-    wait_for(lambda: _stats(live, "slow-gpt2")["active"] == 1, timeout=10, message="running")
+    wait_for(lambda: live.stats("slow-gpt2")["active"] == 1, timeout=10, message="running")
     waiting = _post_stream(live, {**body, "max_new_tokens": 3})
-    wait_for(lambda: _stats(live, "slow-gpt2")["queued"] == 1, timeout=10, message="queued")
+    wait_for(lambda: live.stats("slow-gpt2")["queued"] == 1, timeout=10, message="queued")
     refused = requests.post(live.url("/generate"), json=body, timeout=30)
     assert refused.status_code == 503
     assert int(refused.headers["Retry-After"]) >= 1

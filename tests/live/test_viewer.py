@@ -81,7 +81,7 @@ def test_the_whole_flow_with_nano_sort(tab, server):
 
     # 3. type a prompt: the chips are /tokenize's answer
     tab.locator(PROMPT).press_sequentially("CBABBC", delay=30)
-    expected = _post(server, "/tokenize", model_id=NANO, prompt="CBABBC")
+    expected = server.post("/tokenize", model_id=NANO, prompt="CBABBC")
     _wait(tab, f"document.querySelectorAll('{TOKENS} > *').length === {expected['count']}")
     assert _chips(tab) == list(zip(expected["token_ids"], expected["tokens"], strict=True))
 
@@ -99,10 +99,9 @@ def test_the_whole_flow_with_nano_sort(tab, server):
     ready = "d.source === 'inspect' && d.size === '12' && d.layer === '1' && d.head === '2'"
     _wait(tab, f"(d => {ready})(document.querySelector('{ATTENTION}').dataset)")
     shown = tab.eval_on_selector(ATTENTION, "c => ({...c.matrix, values: [...c.matrix.values]})")
-    generated = _post(server, "/tokenize", model_id=NANO, prompt="ABBBCC")["token_ids"]
+    generated = server.post("/tokenize", model_id=NANO, prompt="ABBBCC")["token_ids"]
     assert shown["ids"] == expected["token_ids"] + generated
-    inspected = _post(
-        server,
+    inspected = server.post(
         "/inspect",
         model_id=NANO,
         token_ids=shown["ids"],
@@ -146,7 +145,7 @@ def test_the_whole_flow_with_nano_sort(tab, server):
 
 
 def test_the_text_streams_in_paint_by_paint_and_stop_ends_the_job(tab, server):
-    _post(server, "/generate", model_id=LONG, prompt="x", max_new_tokens=1)  # loaded: stats exist
+    server.post("/generate", model_id=LONG, prompt="x", max_new_tokens=1)  # loaded: stats exist
     tab.goto(server.url(f"/?model={LONG}&prompt=Hello%20world&temperature=0&max_new_tokens=48"))
     _wait(tab, f"document.querySelector('{ATTENTION}').dataset.source === 'inspect'")
     tab.evaluate(SAMPLE_FRAMES)
@@ -164,14 +163,14 @@ def test_the_text_streams_in_paint_by_paint_and_stop_ends_the_job(tab, server):
 
     # 5. Stop mid-stream: the page aborts its fetch and the server's job ends
     tab.fill("[name=max_new_tokens]", "2000")  # the page keeps to the context length
-    room = min(2000, _context(server, LONG) - _post(server, "/tokenize", **body)["count"])
-    before = _stats(server, LONG)["generated_tokens"]
+    room = min(2000, _context(server, LONG) - server.post("/tokenize", **body)["count"])
+    before = server.stats(LONG)["generated_tokens"]
     tab.click(GENERATE)
     _wait(tab, f"document.querySelectorAll('{OUTPUT} .tok').length >= 3")
     tab.click(STOP)
     _wait(tab, f"document.querySelector('{OUTPUT}').dataset.state === 'stopped'")
-    wait_for(lambda: _stats(server, LONG)["active"] == 0, timeout=10, message="the job to end")
-    made = _stats(server, LONG)["generated_tokens"] - before
+    wait_for(lambda: server.stats(LONG)["active"] == 0, timeout=10, message="the job to end")
+    made = server.stats(LONG)["generated_tokens"] - before
     assert made < min(100, room // 2), f"the server made {made} of {room} tokens after a Stop"
     assert tab.errors == []
 
@@ -268,7 +267,7 @@ def test_the_client_module_from_another_origin(tab, server, page_origin):
     )
     assert [e["type"] for e in events] == ["token"] * 4 + ["done"]
     joined = "".join(e["token"]["delta"] for e in events[:-1]) + events[-1]["done"]["delta"]
-    assert joined == _post(server, "/generate", **body, return_full_text=False)["text"]
+    assert joined == server.post("/generate", **body, return_full_text=False)["text"]
     assert tab.errors == []
 
 
@@ -278,7 +277,7 @@ def test_shakespeare_with_gpt2_tokens(tab, server):
     tab.goto(server.url(f"/?model={SHAKESPEARE}&temperature=0.8&seed=7&max_new_tokens=40"))
     _wait(tab, "!document.querySelector('[data-testid=generate]').disabled")
     tab.locator(PROMPT).press_sequentially(prompt, delay=10)
-    expected = _post(server, "/tokenize", model_id=SHAKESPEARE, prompt=prompt)
+    expected = server.post("/tokenize", model_id=SHAKESPEARE, prompt=prompt)
     _wait(tab, f"document.querySelectorAll('{TOKENS} > *').length === {expected['count']}")
     assert _chips(tab) == list(zip(expected["token_ids"], expected["tokens"], strict=True))
     assert "·soft" in tab.text_content(TOKENS) and "↵" in tab.text_content(TOKENS)
@@ -286,10 +285,10 @@ def test_shakespeare_with_gpt2_tokens(tab, server):
     _wait(tab, f"document.querySelector('{OUTPUT}').dataset.state === 'done'")
     body = {"model_id": SHAKESPEARE, "prompt": prompt, "max_new_tokens": 40}
     body.update(temperature=0.8, seed=7, return_full_text=False)
-    assert tab.text_content(OUTPUT) == _post(server, "/generate", **body)["text"]
+    assert tab.text_content(OUTPUT) == server.post("/generate", **body)["text"]
     _wait(tab, f"document.querySelector('{LENS}').dataset.state === 'ready'")
     _wait(tab, f"document.querySelector('{ATTENTION}').dataset.source === 'inspect'")
-    layers = _post(server, "/config", model_id=SHAKESPEARE)["num_hidden_layers"]
+    layers = server.post("/config", model_id=SHAKESPEARE)["num_hidden_layers"]
     assert tab.locator(f"{LENS} tr[data-layer]").count() == layers
     assert tab.errors == []
     _screenshots(tab, "shakespeare")
@@ -358,20 +357,9 @@ def _wait(page, expression: str, timeout: float = 20_000) -> None:
     page.wait_for_function(expression, timeout=timeout)
 
 
-def _post(server, path: str, **body) -> dict:
-    response = requests.post(server.url(path), json=body, timeout=60)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def _context(server, model_id: str) -> int:
     config = requests.get(server.url("/models/config"), params={"model_id": model_id}, timeout=30)
     return config.json()["context_length"]
-
-
-def _stats(server, model_id: str) -> dict:
-    loaded = requests.get(server.url("/models"), timeout=5).json()["loaded"]
-    return next(m for m in loaded if m["model_id"] == model_id)
 
 
 def _chips(page) -> list[tuple[int, str]]:
@@ -383,19 +371,18 @@ def _chips(page) -> list[tuple[int, str]]:
 
 def _streamed_text(server, body: dict) -> str:
     """The generated text of the same request, streamed with details: its deltas joined."""
-    body = {**body, "details": True, "return_full_text": False}
-    response = requests.post(server.url("/generate/stream"), json=body, timeout=60)
-    deltas = [json.loads(e.data)["delta"] for e in parse(response.text) if isinstance(e, SSEEvent)]
+    events = server.stream(**body, details=True, return_full_text=False)
+    deltas = [json.loads(e.data)["delta"] for e in events if isinstance(e, SSEEvent)]
     return "".join(deltas)
 
 
 def _prompt_of_length(server, model_id: str, count: int) -> str:
     """A text that `model_id` tokenizes into exactly `count` tokens."""
     text = "Whether 'tis nobler in the mind to suffer the slings and arrows. " * count
-    offsets = _post(server, "/tokenize", model_id=model_id, prompt=text)["offsets"]
+    offsets = server.post("/tokenize", model_id=model_id, prompt=text)["offsets"]
     for end in range(count, count + 8):  # a cut mid-word can merge two tokens into one
         candidate = text[: offsets[end - 1][1]]
-        if _post(server, "/tokenize", model_id=model_id, prompt=candidate)["count"] == count:
+        if server.post("/tokenize", model_id=model_id, prompt=candidate)["count"] == count:
             return candidate
     raise AssertionError(f"no prefix of the text has {count} tokens")
 

@@ -42,7 +42,7 @@ def test_streamed_attention_rows_match_a_full_inspection(server):
 def test_inspection_and_generation_do_not_interfere(server):
     body = {"model_id": "slow-gpt2", "prompt": "Side by side", "max_new_tokens": 300}
     body.update(temperature=0, ignore_eos=True)
-    expected = requests.post(server.url("/generate"), json=body, timeout=120).json()["text"]
+    expected = server.generate(**body)
     inspect_body = {"model_id": "slow-gpt2", "prompt": "Inspect me " * 20, "include": EVERYTHING}
     alone = requests.post(server.url("/inspect"), json=inspect_body, timeout=120).json()
     results = {}

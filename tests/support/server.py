@@ -14,6 +14,8 @@ from typing import Any
 
 import requests
 
+from tests.support.sse_client import SSEEvent, message_data, parse
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -73,6 +75,10 @@ def stop_group(proc: subprocess.Popen, grace: float) -> None:
     proc.wait()
 
 
+# What `LiveServer.stats` can give for a model that is not loaded: it runs nothing.
+IDLE: dict[str, Any] = {"active": 0, "queued": 0, "generated_tokens": 0, "decode_steps": 0}
+
+
 class LiveServer:
     """`gunicorn -c gunicorn.conf.py wsgi:app` with the given environment."""
 
@@ -130,6 +136,38 @@ class LiveServer:
     def url(self, path: str) -> str:
         """Absolute URL of `path` on this server."""
         return self.base + path
+
+    def stats(self, model_id: str, default: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The model's entry in GET /models' `loaded` list: its counters (`active`, `queued`,
+        `generated_tokens`, `decode_steps`, ...) and placement.
+
+        A model that is not loaded gives `default` (e.g. `IDLE`), or fails the test when
+        there is none.
+        """
+        loaded = requests.get(self.url("/models"), timeout=5).json()["loaded"]
+        found = next((m for m in loaded if m["model_id"] == model_id), default)
+        assert found is not None, f"{model_id} is not loaded: {[m['model_id'] for m in loaded]}"
+        return found
+
+    def post(self, path: str, **body: Any) -> dict[str, Any]:
+        """POST `body` as JSON to `path`; the JSON answer, after checking that it is a 200."""
+        response = requests.post(self.url(path), json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def generate(self, **body: Any) -> str:
+        """The `text` of a POST /generate (a 200)."""
+        return self.post("/generate", **body)["text"]
+
+    def stream(self, path: str = "/generate/stream", **body: Any) -> list[SSEEvent | str]:
+        """POST `body` to a streaming endpoint (a 200); its whole stream, parsed."""
+        response = requests.post(self.url(path), json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        return parse(response.content.decode("utf-8"))
+
+    def stream_text(self, **body: Any) -> str:
+        """The text of a POST /generate/stream (a 200): its messages' data joined."""
+        return "".join(message_data(self.stream(**body)))
 
     def log(self) -> str:
         """Everything gunicorn and the app printed so far."""

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-
-def _generate(client, **body):
-    response = client.post("/generate", json=body)
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
-
+from tests.support.client import generate
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
 
@@ -20,7 +15,7 @@ def test_messages_are_rendered_with_the_chat_template(client, tokenizers):
     assert body["prompt"] == expected
     assert body["prompt"].endswith("<|assistant|>\n")
     assert "".join(body["tokens"]).endswith("<|assistant|>\n")
-    answer = _generate(client, model_id="tiny-llama", messages=CHAT, max_new_tokens=5)
+    answer = generate(client, model_id="tiny-llama", messages=CHAT, max_new_tokens=5)
     assert answer["text"].startswith(expected)
 
 

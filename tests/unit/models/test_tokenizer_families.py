@@ -19,6 +19,7 @@ from app import create_app, models
 from app.engine import ModelWorker
 from app.engine.decoding import REPLACEMENT_CHAR, special_ids
 from app.models import LoadedModel, ModelProfile, prompts
+from tests.support.client import post_ok
 from tests.support.scripted import ScriptedLM
 from tests.support.sse_client import message_data, parse
 from tests.support.tokenizer_families import (
@@ -46,18 +47,12 @@ def served():
     models.cache.clear()
 
 
-def _post(client, path, **body):
-    response = client.post(path, json=body)
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
-
-
 def _tokenize(client, family, **body):
-    return _post(client, "/tokenize", model_id=family, **body)
+    return post_ok(client, "/tokenize", model_id=family, **body)
 
 
 def _detokenize(client, family, ids):
-    return _post(client, "/detokenize", model_id=family, token_ids=ids)["text"]
+    return post_ok(client, "/detokenize", model_id=family, token_ids=ids)["text"]
 
 
 def _decode(tokenizer, ids):
@@ -208,7 +203,7 @@ def test_detokenize_gives_back_the_prompt(served, family, text):
 
 def _inspected(served, family, **given):
     """/inspect's tokens, in /tokenize's shape."""
-    tokens = _post(served, "/inspect", model_id=family, include=["tokens"], **given)["tokens"]
+    tokens = post_ok(served, "/inspect", model_id=family, include=["tokens"], **given)["tokens"]
     keys = {"token_ids": "id", "tokens": "text", "offsets": "offset", "special": "special"}
     return {name: [t[key] for t in tokens] for name, key in keys.items()} | {"count": len(tokens)}
 
@@ -271,7 +266,7 @@ def _lf(text):
 
 def _generation(client, body):
     """The /generate answer (with details), and the text of the same request streamed."""
-    answer = _post(client, "/generate", **body, details=True)
+    answer = post_ok(client, "/generate", **body, details=True)
     streamed = client.post("/generate/stream", json=body)
     assert streamed.status_code == 200
     return answer, "".join(message_data(parse(streamed.get_data(as_text=True))))
