@@ -6,23 +6,18 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tests.support.client import generate
 from tests.support.tiny_models import MODEL_IDS
 
 
-def _generate(client, **body):
-    response = client.post("/generate", json=body)
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
-
-
 def test_without_details_the_answer_is_the_seed_shape(client):
-    assert set(_generate(client, prompt="Hi", max_new_tokens=3)) == {"text"}
+    assert set(generate(client, prompt="Hi", max_new_tokens=3)) == {"text"}
 
 
 @pytest.mark.parametrize("model_id", MODEL_IDS)
 def test_greedy_logprobs_equal_the_models_own_log_softmax(client, model_root, model_id):
     prompt = "Once upon a time"
-    answer = _generate(
+    answer = generate(
         client,
         model_id=model_id,
         prompt=prompt,
@@ -55,7 +50,7 @@ def test_greedy_logprobs_equal_the_models_own_log_softmax(client, model_root, mo
 
 
 def test_details_timing_and_special_flags(client):
-    details = _generate(client, model_id="tiny-llama", prompt="Hi", max_new_tokens=5, details=True)[
+    details = generate(client, model_id="tiny-llama", prompt="Hi", max_new_tokens=5, details=True)[
         "details"
     ]
     assert details["finish_reason"] in ("length", "eos")
@@ -67,7 +62,7 @@ def test_details_timing_and_special_flags(client):
 
 
 def test_finish_reason_length(client):
-    details = _generate(client, prompt="Hi", max_new_tokens=4, ignore_eos=True, details=True)[
+    details = generate(client, prompt="Hi", max_new_tokens=4, ignore_eos=True, details=True)[
         "details"
     ]
     assert details["finish_reason"] == "length"
