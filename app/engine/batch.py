@@ -24,7 +24,7 @@ from transformers import DynamicCache
 from app.engine.attention import HeadSelection, eager_attention
 from app.engine.contract import CausalLM, ForwardOutput, cache_keyword
 from app.engine.kvcache import GrowingLayer, growing_cache, headroom, stack_left_padded
-from app.engine.mixed import Part, Rows, mixed_forward, padded_mask
+from app.engine.mixed import BatchPart, Part, mixed_forward, padded_mask
 
 _MERGEABLE = (GrowingLayer,)  # full-attention layers (growing_cache); sliding windows cannot merge
 
@@ -118,7 +118,9 @@ class DecodeBatch:
         """
         rows, columns = None, []
         if len(self):
-            rows = Rows(self._cache, list(tokens), list(self._lengths), padded_mask(self._mask))
+            rows = BatchPart(
+                self._cache, list(tokens), list(self._lengths), padded_mask(self._mask)
+            )
             columns = [_columns(layer) for layer in self._cache.layers]
         try:
             logits = mixed_forward(self._model, rows, parts)
@@ -207,7 +209,7 @@ class SoloSequence:
         self.watch = watch
         self.cache = growing_cache(model, reserve=headroom(len(self._prompt)))
         self.done = 0  # tokens in the cache: the prompt's, then generated ones
-        self.passes_left: int | None = None  # planned at its first chunk (JobBatch)
+        self.passes_left: int | None = None  # planned at its first chunk (RunningGroup)
 
     @property
     def remaining(self) -> int:

@@ -55,8 +55,8 @@ class Part:
 
 
 @dataclass
-class Rows:
-    """The batch's share: one token per row, after a left-padded cache."""
+class BatchPart:
+    """The decode batch's share of a mixed pass: one token per row, after its left-padded cache."""
 
     cache: Cache  # [rows, heads, columns, head_dim] per layer
     tokens: list[int]
@@ -67,7 +67,7 @@ class Rows:
 class _Pass:
     """What `MixedCache.update` files and `mixed_attention` reads, for one forward pass."""
 
-    def __init__(self, rows: Rows | None, parts: Sequence[Part], implementation: str) -> None:
+    def __init__(self, rows: BatchPart | None, parts: Sequence[Part], implementation: str) -> None:
         self.rows, self.parts = rows, list(parts)
         self.attend = ALL_ATTENTION_FUNCTIONS[implementation]
         self.layer = -1  # the layer whose keys were filed last: the next to attend
@@ -81,7 +81,7 @@ class _Pass:
         self.part_masks = [_causal_after(part.start, len(part.tokens), rows) for part in self.parts]
 
 
-def _causal_after(start: int, count: int, rows: Rows | None) -> torch.Tensor | None:
+def _causal_after(start: int, count: int, rows: BatchPart | None) -> torch.Tensor | None:
     """[1, 1, count, start + count]: query i sees keys up to start + i; None if plain causal."""
     if start == 0:
         return None  # SDPA's own causal mask, aligned at the top left
@@ -161,7 +161,7 @@ def _mixed(model: CausalLM, state: _Pass) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def mixed_forward(model: CausalLM, rows: Rows | None, parts: Sequence[Part]) -> torch.Tensor:
+def mixed_forward(model: CausalLM, rows: BatchPart | None, parts: Sequence[Part]) -> torch.Tensor:
     """Run the rows' step and the parts' tokens in one pass; the caches are updated.
 
     Returns float logits [rows + parts that want logits, vocab]: the rows' next-token

@@ -19,8 +19,9 @@ from typing import Generic, TypeVar
 import torch
 
 from app.engine.contract import CausalLM, Tokenizer
+from app.engine.isolation import fail
 from app.engine.job import GenerationJob
-from app.engine.rows import JobBatch, PassCounters, fail
+from app.engine.running import PassCounters, RunningGroup
 from app.engine.threads import Mailbox, NativeQueue, native_lock, start_native_thread
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class ModelWorker:
         self._closed = False
         self._cancel_new: str | None = None  # a reason: cancel new jobs as they arrive
         self._running: list[GenerationJob] = []  # admitted and not yet ended, for stats
-        self._groups: list[JobBatch] = []
+        self._groups: list[RunningGroup] = []
         self._alive = native_lock()  # held by the thread while it runs; see join()
         self._alive.acquire()
         self.queued = 0
@@ -259,18 +260,18 @@ class ModelWorker:
             return
         group = next((g for g in self._groups if g.mergeable), None)
         if group is None:
-            group = JobBatch(self._model, self.passes, self._prefill_chunk)
+            group = RunningGroup(self._model, self.passes, self._prefill_chunk)
             self._groups.append(group)
         if group.busy:
             group.wait(jobs)
         else:
             self._retire_all(group, group.add(jobs))
 
-    def _step(self, group: JobBatch) -> None:
-        """One round of the group (see JobBatch.advance); retire the jobs that ended."""
+    def _step(self, group: RunningGroup) -> None:
+        """One round of the group (see RunningGroup.advance); retire the jobs that ended."""
         self._retire_all(group, group.advance())
 
-    def _abandon(self, group: JobBatch, exc: Exception) -> None:
+    def _abandon(self, group: RunningGroup, exc: Exception) -> None:
         """End a group whose round raised where no pass was to blame (a bug): its requests
         end with the error instead of waiting forever, and the worker goes on serving."""
         self._groups.remove(group)
@@ -282,7 +283,7 @@ class ModelWorker:
                 fail(job, exc)
             self._retire(job)
 
-    def _retire_all(self, group: JobBatch, ended: list[GenerationJob]) -> None:
+    def _retire_all(self, group: RunningGroup, ended: list[GenerationJob]) -> None:
         for job in ended:
             self._retire(job)
         if not group.busy and group in self._groups:

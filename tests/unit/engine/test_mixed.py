@@ -89,7 +89,7 @@ def test_a_model_that_rejects_mixed_passes_is_served_by_passes_of_their_own(
 ):
     import app.engine.batch as batch_module
     from app.engine import GenerationJob, SamplingParams
-    from app.engine.rows import JobBatch, PassCounters
+    from app.engine.running import PassCounters, RunningGroup
     from tests.unit.engine.test_chunked_prefill import _Numbers
 
     model = AutoModelForCausalLM.from_pretrained(model_root / "tiny-gpt2").eval()
@@ -100,7 +100,7 @@ def test_a_model_that_rejects_mixed_passes_is_served_by_passes_of_their_own(
         raise TypeError("logits_to_keep must be an int")
 
     monkeypatch.setattr(batch_module, "mixed_forward", rejecting)
-    group = JobBatch(model, PassCounters(), prefill_chunk=8)
+    group = RunningGroup(model, PassCounters(), prefill_chunk=8)
     greedy = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
     running, joining = GenerationJob(PROMPTS[1], greedy), GenerationJob(LONG, greedy)
     for job in (running, joining):

@@ -94,10 +94,10 @@ def test_a_lone_request_that_fails_ends_with_an_error(workers):
 
 
 def test_a_fault_outside_any_pass_ends_its_requests_and_the_worker_serves_on(workers, monkeypatch):
-    from app.engine.rows import JobBatch
+    from app.engine.running import RunningGroup
 
     lm = ScriptedLM({ids("ab"): list(ids("cccccc")), ids("ba"): list(ids("hhh"))})
-    advance = JobBatch.advance
+    advance = RunningGroup.advance
     faults = iter([RuntimeError("a bug of ours")])
 
     def advance_with_a_fault(self):
@@ -106,7 +106,7 @@ def test_a_fault_outside_any_pass_ends_its_requests_and_the_worker_serves_on(wor
             raise fault
         return advance(self)
 
-    monkeypatch.setattr(JobBatch, "advance", advance_with_a_fault)
+    monkeypatch.setattr(RunningGroup, "advance", advance_with_a_fault)
     (first, second), worker = run_together(lm, ["ab", "ab"])
     workers.append(worker)
     for events in (first, second):  # both were rows of the faulty round: both end, with it
