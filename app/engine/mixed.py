@@ -188,7 +188,7 @@ def mixed_forward(model: CausalLM, rows: BatchPart | None, parts: Sequence[Part]
             attention_mask=unused_mask,
             position_ids=torch.tensor([positions], device=device),
             use_cache=True,
-            logits_to_keep=torch.tensor(keep, device=device),
+            logits_to_keep=torch.tensor(keep, dtype=torch.long, device=device),  # may be empty
             **{cache_keyword(type(model)): MixedCache(state)},
         )
     return out.logits[0].float()
