@@ -32,6 +32,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from app.engine.contract import CausalLM, cache_keyword
+from app.engine.kvcache import filled
 
 _NAME = "llmviz_mixed"
 _SUPPORTED = ("sdpa",)  # implementations that take any 4D mask and any key length
@@ -127,20 +128,19 @@ def mixed_attention(module, query, key, value, attention_mask, **kwargs):
     through the model's own attention function.
     """
     state = _current.get()
+    if state is None:
+        raise RuntimeError("mixed_attention runs only inside mixed_forward")
     (first, end), *part_bounds = state.bounds
     outputs = []
     if state.rows is not None:
-        layer = state.rows.cache.layers[state.layer]
+        keys, values = filled(state.rows.cache.layers[state.layer])
         queries = query[0, :, first:end].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, dim]
-        out, _ = state.attend(
-            module, queries, layer.keys, layer.values, state.row_mask, **kwargs
-        )  # [rows, 1, heads, dim]
+        out, _ = state.attend(module, queries, keys, values, state.row_mask, **kwargs)
+        # out: [rows, 1, heads, dim]
         outputs.append(out.transpose(0, 1))
     for part, mask, (start, stop) in zip(state.parts, state.part_masks, part_bounds, strict=True):
-        layer = part.cache.layers[state.layer]
-        out, _ = state.attend(
-            module, query[:, :, start:stop], layer.keys, layer.values, mask, **kwargs
-        )
+        keys, values = filled(part.cache.layers[state.layer])
+        out, _ = state.attend(module, query[:, :, start:stop], keys, values, mask, **kwargs)
         outputs.append(out)
     return torch.cat(outputs, dim=1), None
 

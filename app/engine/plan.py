@@ -108,9 +108,9 @@ def plan_round(
     feed = _separate_feed(pace, budget, solos, waiting)
     # separate: a solo becomes a row as soon as its prompt is in (before this round's step).
     completed = {chunk.solo for chunk in feed if isinstance(chunk, Chunk) and chunk.last}
-    join = [i for i, solo in enumerate(solos) if not solo.remaining or i in completed]
-    join += sorted(i for i in completed if i >= len(solos))  # started this round
-    return RoundPlan(False, budget, tuple(feed), tuple(join))
+    rows_after = [i for i, solo in enumerate(solos) if not solo.remaining or i in completed]
+    rows_after += sorted(i for i in completed if i >= len(solos))  # started this round
+    return RoundPlan(False, budget, tuple(feed), tuple(rows_after))
 
 
 def _cheap_joins(

@@ -211,7 +211,8 @@ class ModelWorker:
 
     def _admit(self) -> bool:
         """Prefill queued jobs into a batch; True when the close marker was reached."""
-        arrived, closing = [], False
+        arrived: list[GenerationJob] = []
+        closing = False
         idle = not self._running
         while len(self._running) + len(arrived) < self._max_active:
             try:
@@ -221,8 +222,8 @@ class ModelWorker:
             if job is None:
                 closing = True
                 break
-            if job is _WAKE:
-                break
+            if not isinstance(job, GenerationJob):
+                break  # _WAKE: a task waits
             arrived.append(job)
         if arrived:
             self._start(arrived)
@@ -309,7 +310,7 @@ class ModelWorker:
     def _release(self) -> None:
         """Drop the model (this worker holds its only reference) and give its memory back."""
         device = getattr(self._model, "device", None)
-        self._model = self._tokenizer = None
+        del self._model, self._tokenizer
         gc.collect()  # weights kept alive by a reference cycle are freed now, not some day
         if device is not None and device.type == "cuda":
             torch.cuda.empty_cache()
