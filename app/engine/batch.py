@@ -220,7 +220,7 @@ class SoloSequence:
         self.watch = watch
         self.cache: DynamicCache | None = growing_cache(model, reserve=headroom(len(self._prompt)))
         self.done = 0  # tokens in the cache: the prompt's, then generated ones
-        self.passes_left: int | None = None  # planned at its first chunk (RunningGroup)
+        self.passes_left: int | None = None  # planned at its first chunk (app/engine/plan.py)
 
     @property
     def remaining(self) -> int:

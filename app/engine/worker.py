@@ -91,11 +91,12 @@ class ModelTask(Generic[T]):
 
 
 class ModelWorker:
-    """Owns one model on its own OS thread and decodes its jobs in batches.
+    """Owns one model on its own OS thread and decodes its jobs in running groups.
 
-    Up to `max_active` jobs share one forward pass per step (models whose KV
-    cache cannot be merged, e.g. sliding-window ones, get one batch per job,
-    stepped in turn); further jobs wait in a queue of at most `max_queue`.
+    Up to `max_active` jobs share one forward pass per step, in one RunningGroup
+    (app/engine/running.py); models whose KV cache cannot be merged, e.g.
+    sliding-window ones, get one group per job, stepped in turn. Further jobs wait
+    in a queue of at most `max_queue`.
     A job joins at the next step, after its prefill, and leaves when it ends.
     Jobs that arrive at an idle worker are prefilled together in one pass; a job
     that joins running rows is prefilled at most `prefill_chunk` prompt tokens
@@ -134,7 +135,7 @@ class ModelWorker:
         start_native_thread(self._serve)
 
     def submit(self, work: GenerationJob | ModelTask) -> None:
-        """Queue a job (decoded in the batch) or a task (run before the next step).
+        """Queue a job (decoded in a running group) or a task (run before the next step).
 
         Raises QueueFull when `max_queue` items already wait, WorkerClosed once closed.
         """
@@ -199,7 +200,7 @@ class ModelWorker:
 
     def _round(self) -> bool:
         """Admit, run tasks, then one round of every group; True when the close marker came.
-        (A method of its own: no local may keep a batch, and so the model, alive past it.)"""
+        (A method of its own: no local may keep a group, and so the model, alive past it.)"""
         closing = self._admit()
         self._run_tasks()
         for group in list(self._groups):
@@ -210,7 +211,7 @@ class ModelWorker:
         return closing
 
     def _admit(self) -> bool:
-        """Prefill queued jobs into a batch; True when the close marker was reached."""
+        """Admit queued jobs into a running group; True when the close marker was reached."""
         arrived: list[GenerationJob] = []
         closing = False
         idle = not self._running
@@ -239,8 +240,8 @@ class ModelWorker:
         return self._inbox.get(timeout=_GATHER_SECONDS)
 
     def _start(self, jobs: list[GenerationJob]) -> None:
-        """Prefill jobs that arrived together at an idle batch in one forward pass (they join
-        at the next step), or queue them to join a busy batch (prefilled by `_step`)."""
+        """Prefill jobs that arrived together at an idle group in one forward pass (they join
+        at the next step), or queue them to join a busy group (prefilled by `_step`)."""
         with self._lock:
             self.queued -= len(jobs)
             self._running += jobs
