@@ -82,6 +82,7 @@ class RoundPlan:
 
     @property
     def chunks(self) -> list[Chunk]:
+        """The prompt chunks of `feed`, in order (all of it, in a mixed round)."""
         return [item for item in self.feed if isinstance(item, Chunk)]
 
 
