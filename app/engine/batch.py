@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import CacheLayerMixin
 
 from app.engine.attention import HeadSelection, eager_attention
 from app.engine.contract import CausalLM, ForwardOutput, cache_keyword
-from app.engine.kvcache import GrowingLayer, growing_cache, headroom, stack_left_padded
-from app.engine.mixed import Part, Rows, mixed_forward, padded_mask
+from app.engine.kvcache import GrowingLayer, filled, growing_cache, headroom, stack_left_padded
+from app.engine.mixed import BatchPart, Part, mixed_forward, padded_mask
 
 _MERGEABLE = (GrowingLayer,)  # full-attention layers (growing_cache); sliding windows cannot merge
 
@@ -60,6 +61,12 @@ class DecodeBatch:
         """Whether rows can be added to this cache (sliding-window caches cannot)."""
         return self._cache is None or all(type(layer) in _MERGEABLE for layer in self._cache.layers)
 
+    def _state(self) -> tuple[DynamicCache, torch.Tensor]:
+        """The cache and the mask [rows, columns] of a batch that has rows."""
+        if self._cache is None or self._mask is None:
+            raise RuntimeError("the batch has no rows")  # a caller's bug
+        return self._cache, self._mask
+
     @torch.inference_mode()
     def prefill(
         self, prompts: Sequence[Sequence[int]], watches: Sequence[HeadSelection | None]
@@ -92,12 +99,13 @@ class DecodeBatch:
         device = self._model.device
         ids = torch.tensor([[t] for t in tokens], device=device)
         positions = torch.tensor([[n] for n in self._lengths], device=device)
-        mask = F.pad(self._mask, (0, 1), value=1)
+        cache, mask = self._state()
+        mask = F.pad(mask, (0, 1), value=1)
         padded = bool((mask == 0).any())
         watched = any(w is not None for w in self.watches)
-        columns = [_columns(layer) for layer in self._cache.layers]
+        columns = [_columns(layer) for layer in cache.layers]
         try:
-            out = self._forward(ids, self._cache, mask if padded else None, positions, watched)
+            out = self._forward(ids, cache, mask if padded else None, positions, watched)
         except Exception:
             self._roll_back(columns)
             raise
@@ -118,8 +126,9 @@ class DecodeBatch:
         """
         rows, columns = None, []
         if len(self):
-            rows = Rows(self._cache, list(tokens), list(self._lengths), padded_mask(self._mask))
-            columns = [_columns(layer) for layer in self._cache.layers]
+            cache, mask = self._state()
+            rows = BatchPart(cache, list(tokens), list(self._lengths), padded_mask(mask))
+            columns = [_columns(layer) for layer in cache.layers]
         try:
             logits = mixed_forward(self._model, rows, parts)
         except Exception:
@@ -135,11 +144,10 @@ class DecodeBatch:
     def split(self) -> list[DecodeBatch]:
         """One batch per row, each with its own copy of that row's cache."""
         singles = []
+        cache, mask = self._state()
         for row in range(len(self)):
             single = DecodeBatch(self._model)
-            single._merge(
-                copy.deepcopy(self._cache), self._mask.clone(), self._lengths, self.watches
-            )
+            single._merge(copy.deepcopy(cache), mask.clone(), self._lengths, self.watches)
             single.remove([i for i in range(len(self)) if i != row])
             singles.append(single)
         return singles
@@ -147,7 +155,7 @@ class DecodeBatch:
     def concatenate(self, other: DecodeBatch) -> None:
         """Add `other`'s rows after this batch's rows (`other` is consumed)."""
         if len(other):
-            self._merge(other._cache, other._mask, other._lengths, other.watches)
+            self._merge(*other._state(), other._lengths, other.watches)
 
     def remove(self, rows: Sequence[int]) -> None:
         """Drop these rows from the batch and its cache."""
@@ -158,29 +166,34 @@ class DecodeBatch:
         if not keep:
             self._cache = self._mask = None
             return
-        index = torch.tensor(keep, device=self._mask.device)
-        self._mask = self._mask[index]
-        self._cache.batch_select_indices(index)
+        cache, mask = self._state()
+        index = torch.tensor(keep, device=mask.device)
+        self._mask = mask = mask[index]
+        cache.batch_select_indices(index)
         # Columns that are padding in every remaining row are dead weight: cut them.
-        first = int(self._mask.any(dim=0).nonzero()[0])
+        first = int(mask.any(dim=0).nonzero()[0])
         if first:
-            self._mask = self._mask[:, first:]
-            for layer in self._cache.layers:
-                layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+            self._mask = mask[:, first:]
+            for layer in cache.layers:
+                if isinstance(layer, CacheLayerMixin) and layer.keys is not None:
+                    keys, values = filled(layer)
+                    layer.keys, layer.values = keys[..., first:, :], values[..., first:, :]
 
-    def _roll_back(self, columns: list[int]) -> None:
+    def _roll_back(self, columns: Sequence[int | None]) -> None:
         # A failed pass may have appended this step's keys and values to some layers.
-        for layer, width in zip(self._cache.layers, columns, strict=True):
+        for layer, width in zip(self._state()[0].layers, columns, strict=True):
             _truncate(layer, width)
 
     def _merge(self, cache: DynamicCache, mask: torch.Tensor, lengths, watches) -> None:
-        if self._cache is None:
+        if self._cache is None or self._mask is None:
             self._cache, self._mask = cache, mask
         else:
             width, new_width = self._mask.shape[1], mask.shape[1]
             grow, pad = max(new_width - width, 0), max(width - new_width, 0)
             self._mask = torch.cat([F.pad(self._mask, (grow, 0)), F.pad(mask, (pad, 0))])
             for old, new in zip(self._cache.layers, cache.layers, strict=True):
+                if not isinstance(old, GrowingLayer) or not isinstance(new, GrowingLayer):
+                    raise TypeError("only full-attention layers merge (see `mergeable`)")
                 stack_left_padded(old, new)
         self._lengths += list(lengths)
         self.watches += list(watches)
@@ -205,9 +218,9 @@ class SoloSequence:
         self._model = model
         self._prompt = list(prompt)
         self.watch = watch
-        self.cache = growing_cache(model, reserve=headroom(len(self._prompt)))
+        self.cache: DynamicCache | None = growing_cache(model, reserve=headroom(len(self._prompt)))
         self.done = 0  # tokens in the cache: the prompt's, then generated ones
-        self.passes_left: int | None = None  # planned at its first chunk (JobBatch)
+        self.passes_left: int | None = None  # planned at its first chunk (app/engine/plan.py)
 
     @property
     def remaining(self) -> int:
@@ -220,8 +233,15 @@ class SoloSequence:
         if self.remaining:
             end = min(self.done + max(budget, 1), len(self._prompt))
             last = end == len(self._prompt)
-            return Part(self.cache, self._prompt[self.done : end], self.done, last)
-        return Part(self.cache, [last_token], self.done, True)
+            return Part(self._own_cache(), self._prompt[self.done : end], self.done, last)
+        if last_token is None:
+            raise ValueError("a decoding sequence's part needs its latest token")
+        return Part(self._own_cache(), [last_token], self.done, True)
+
+    def _own_cache(self) -> DynamicCache:
+        if self.cache is None:
+            raise RuntimeError("the sequence has joined a batch, with its cache")
+        return self.cache
 
     def fed(self, part: Part) -> None:
         """A mixed pass has put `part`'s tokens in the cache."""
@@ -229,7 +249,7 @@ class SoloSequence:
 
     def roll_back(self) -> None:
         """Cut columns a failed pass may have added."""
-        for layer in self.cache.layers:
+        for layer in self._own_cache().layers:
             _truncate(layer, min(_columns(layer) or 0, self.done))
 
     @torch.inference_mode()
@@ -243,26 +263,27 @@ class SoloSequence:
         decoder = _decoder(self._model)
         if not last and decoder is not None:
             # Only the cache is wanted: skip the LM head (a vocabulary-sized matrix to read).
+            decoder_class: type = type(decoder)  # (mypy takes no type[Module] as Hashable)
             decoder(
                 ids,
                 position_ids=positions,
                 use_cache=True,
-                **{cache_keyword(type(decoder)): self.cache},
+                **{cache_keyword(decoder_class): self.cache},
             )
             self.done = end
             return None
-        watched = last and self.watch is not None  # only the last query's attention is reported
-        out = _forward(self._model, ids, self.cache, None, positions, watched)
+        watch = self.watch if last else None  # only the last query's attention is reported
+        out = _forward(self._model, ids, self.cache, None, positions, watch is not None)
         self.done = end
         if not last:
             return None
-        attention = [_last_rows(out.attentions, self.watch, 0, end) if watched else None]
+        attention = [_last_rows(out.attentions, watch, 0, end) if watch is not None else None]
         return Step(out.logits[:, -1].float(), attention)
 
     def join(self, batch: DecodeBatch) -> None:
         """Add the sequence to `batch` as its last row (its cache is handed over)."""
         mask = torch.ones((1, self.done), dtype=torch.long, device=self._model.device)
-        batch._merge(self.cache, mask, [self.done], [self.watch])
+        batch._merge(self._own_cache(), mask, [self.done], [self.watch])
         self.cache = None
 
 
@@ -280,7 +301,7 @@ def _forward(model: CausalLM, ids, cache, mask, positions, watched: bool) -> For
         )
 
 
-def _decoder(model: CausalLM):
+def _decoder(model: CausalLM) -> torch.nn.Module | None:
     """The model without its LM head (transformers' `base_model`), or None when it has none."""
     base = getattr(model, "base_model", None)
     return base if base is not None and base is not model else None

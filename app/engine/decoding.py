@@ -171,7 +171,7 @@ def char_spans(
     group: list[int] = []
     for index, piece in enumerate(pieces.texts):
         if pieces.special[index]:
-            fallback = None if offsets is None else tuple(offsets[index])
+            fallback = None if offsets is None else (offsets[index][0], offsets[index][1])
             spans[index] = list(_locate_special(text, piece, cursor, fallback))
             cursor = spans[index][1]
             continue

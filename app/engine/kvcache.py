@@ -76,14 +76,15 @@ class GrowingLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         start, end = self._columns, self._columns + key_states.shape[-2]
-        if self._key_buffer is None or self._key_buffer.shape[-2] < end:
+        keys, values = self._key_buffer, self._value_buffer
+        if keys is None or values is None or keys.shape[-2] < end:
             capacity = max(headroom(end), self._reserve)
-            self._key_buffer = _regrow(self._key_buffer, start, key_states, capacity)
-            self._value_buffer = _regrow(self._value_buffer, start, value_states, capacity)
-        self._key_buffer[..., start:end, :] = key_states
-        self._value_buffer[..., start:end, :] = value_states
+            keys = self._key_buffer = _regrow(keys, start, key_states, capacity)
+            values = self._value_buffer = _regrow(values, start, value_states, capacity)
+        keys[..., start:end, :] = key_states
+        values[..., start:end, :] = value_states
         self._columns = end
-        return self.keys, self.values
+        return keys[..., :end, :], values[..., :end, :]
 
     def get_seq_length(self) -> int:
         return self._columns
@@ -96,6 +97,7 @@ class GrowingLayer(DynamicLayer):
         """Keep these rows, room included."""
         if self._key_buffer is not None:
             self._key_buffer = self._key_buffer[indices]
+        if self._value_buffer is not None:
             self._value_buffer = self._value_buffer[indices]
 
 
@@ -137,9 +139,22 @@ def stack_left_padded(first: GrowingLayer, second: GrowingLayer) -> None:
     batch widens every row's cache, so this copy sits on a running stream's gap.
     """
     columns = max(first.get_seq_length(), second.get_seq_length())
-    keys = _stack(first.keys, second.keys, columns, headroom(columns))
-    values = _stack(first.values, second.values, columns, headroom(columns))
+    (first_keys, first_values), (second_keys, second_values) = filled(first), filled(second)
+    keys = _stack(first_keys, second_keys, columns, headroom(columns))
+    values = _stack(first_values, second_values, columns, headroom(columns))
     first.adopt(keys, values, columns)
+
+
+def filled(layer: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """A key-value cache layer's keys and values, [rows, heads, columns, head_dim] each.
+
+    Raises TypeError for a layer that holds none (not filled yet, or no key-value layer:
+    a linear-attention model's state).
+    """
+    keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+    if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+        raise TypeError(f"{type(layer).__name__} holds no keys and values")
+    return keys, values
 
 
 def _stack(a: torch.Tensor, b: torch.Tensor, columns: int, capacity: int) -> torch.Tensor:

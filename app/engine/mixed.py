@@ -32,6 +32,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from app.engine.contract import CausalLM, cache_keyword
+from app.engine.kvcache import filled
 
 _NAME = "llmviz_mixed"
 _SUPPORTED = ("sdpa",)  # implementations that take any 4D mask and any key length
@@ -55,8 +56,8 @@ class Part:
 
 
 @dataclass
-class Rows:
-    """The batch's share: one token per row, after a left-padded cache."""
+class BatchPart:
+    """The decode batch's share of a mixed pass: one token per row, after its left-padded cache."""
 
     cache: Cache  # [rows, heads, columns, head_dim] per layer
     tokens: list[int]
@@ -67,7 +68,7 @@ class Rows:
 class _Pass:
     """What `MixedCache.update` files and `mixed_attention` reads, for one forward pass."""
 
-    def __init__(self, rows: Rows | None, parts: Sequence[Part], implementation: str) -> None:
+    def __init__(self, rows: BatchPart | None, parts: Sequence[Part], implementation: str) -> None:
         self.rows, self.parts = rows, list(parts)
         self.attend = ALL_ATTENTION_FUNCTIONS[implementation]
         self.layer = -1  # the layer whose keys were filed last: the next to attend
@@ -81,7 +82,7 @@ class _Pass:
         self.part_masks = [_causal_after(part.start, len(part.tokens), rows) for part in self.parts]
 
 
-def _causal_after(start: int, count: int, rows: Rows | None) -> torch.Tensor | None:
+def _causal_after(start: int, count: int, rows: BatchPart | None) -> torch.Tensor | None:
     """[1, 1, count, start + count]: query i sees keys up to start + i; None if plain causal."""
     if start == 0:
         return None  # SDPA's own causal mask, aligned at the top left
@@ -127,20 +128,19 @@ def mixed_attention(module, query, key, value, attention_mask, **kwargs):
     through the model's own attention function.
     """
     state = _current.get()
+    if state is None:
+        raise RuntimeError("mixed_attention runs only inside mixed_forward")
     (first, end), *part_bounds = state.bounds
     outputs = []
     if state.rows is not None:
-        layer = state.rows.cache.layers[state.layer]
+        keys, values = filled(state.rows.cache.layers[state.layer])
         queries = query[0, :, first:end].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, dim]
-        out, _ = state.attend(
-            module, queries, layer.keys, layer.values, state.row_mask, **kwargs
-        )  # [rows, 1, heads, dim]
+        out, _ = state.attend(module, queries, keys, values, state.row_mask, **kwargs)
+        # out: [rows, 1, heads, dim]
         outputs.append(out.transpose(0, 1))
     for part, mask, (start, stop) in zip(state.parts, state.part_masks, part_bounds, strict=True):
-        layer = part.cache.layers[state.layer]
-        out, _ = state.attend(
-            module, query[:, :, start:stop], layer.keys, layer.values, mask, **kwargs
-        )
+        keys, values = filled(part.cache.layers[state.layer])
+        out, _ = state.attend(module, query[:, :, start:stop], keys, values, mask, **kwargs)
         outputs.append(out)
     return torch.cat(outputs, dim=1), None
 
@@ -161,7 +161,7 @@ def _mixed(model: CausalLM, state: _Pass) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def mixed_forward(model: CausalLM, rows: Rows | None, parts: Sequence[Part]) -> torch.Tensor:
+def mixed_forward(model: CausalLM, rows: BatchPart | None, parts: Sequence[Part]) -> torch.Tensor:
     """Run the rows' step and the parts' tokens in one pass; the caches are updated.
 
     Returns float logits [rows + parts that want logits, vocab]: the rows' next-token
@@ -188,7 +188,7 @@ def mixed_forward(model: CausalLM, rows: Rows | None, parts: Sequence[Part]) -> 
             attention_mask=unused_mask,
             position_ids=torch.tensor([positions], device=device),
             use_cache=True,
-            logits_to_keep=torch.tensor(keep, device=device),
+            logits_to_keep=torch.tensor(keep, dtype=torch.long, device=device),  # may be empty
             **{cache_keyword(type(model)): MixedCache(state)},
         )
     return out.logits[0].float()

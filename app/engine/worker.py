@@ -19,8 +19,9 @@ from typing import Generic, TypeVar
 import torch
 
 from app.engine.contract import CausalLM, Tokenizer
+from app.engine.isolation import fail
 from app.engine.job import GenerationJob
-from app.engine.rows import JobBatch, PassCounters, fail
+from app.engine.running import PassCounters, RunningGroup
 from app.engine.threads import Mailbox, NativeQueue, native_lock, start_native_thread
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,12 @@ class ModelTask(Generic[T]):
 
 
 class ModelWorker:
-    """Owns one model on its own OS thread and decodes its jobs in batches.
+    """Owns one model on its own OS thread and decodes its jobs in running groups.
 
-    Up to `max_active` jobs share one forward pass per step (models whose KV
-    cache cannot be merged, e.g. sliding-window ones, get one batch per job,
-    stepped in turn); further jobs wait in a queue of at most `max_queue`.
+    Up to `max_active` jobs share one forward pass per step, in one RunningGroup
+    (app/engine/running.py); models whose KV cache cannot be merged, e.g.
+    sliding-window ones, get one group per job, stepped in turn. Further jobs wait
+    in a queue of at most `max_queue`.
     A job joins at the next step, after its prefill, and leaves when it ends.
     Jobs that arrive at an idle worker are prefilled together in one pass; a job
     that joins running rows is prefilled at most `prefill_chunk` prompt tokens
@@ -122,7 +124,7 @@ class ModelWorker:
         self._closed = False
         self._cancel_new: str | None = None  # a reason: cancel new jobs as they arrive
         self._running: list[GenerationJob] = []  # admitted and not yet ended, for stats
-        self._groups: list[JobBatch] = []
+        self._groups: list[RunningGroup] = []
         self._alive = native_lock()  # held by the thread while it runs; see join()
         self._alive.acquire()
         self.queued = 0
@@ -133,7 +135,7 @@ class ModelWorker:
         start_native_thread(self._serve)
 
     def submit(self, work: GenerationJob | ModelTask) -> None:
-        """Queue a job (decoded in the batch) or a task (run before the next step).
+        """Queue a job (decoded in a running group) or a task (run before the next step).
 
         Raises QueueFull when `max_queue` items already wait, WorkerClosed once closed.
         """
@@ -198,7 +200,7 @@ class ModelWorker:
 
     def _round(self) -> bool:
         """Admit, run tasks, then one round of every group; True when the close marker came.
-        (A method of its own: no local may keep a batch, and so the model, alive past it.)"""
+        (A method of its own: no local may keep a group, and so the model, alive past it.)"""
         closing = self._admit()
         self._run_tasks()
         for group in list(self._groups):
@@ -209,8 +211,9 @@ class ModelWorker:
         return closing
 
     def _admit(self) -> bool:
-        """Prefill queued jobs into a batch; True when the close marker was reached."""
-        arrived, closing = [], False
+        """Admit queued jobs into a running group; True when the close marker was reached."""
+        arrived: list[GenerationJob] = []
+        closing = False
         idle = not self._running
         while len(self._running) + len(arrived) < self._max_active:
             try:
@@ -220,8 +223,8 @@ class ModelWorker:
             if job is None:
                 closing = True
                 break
-            if job is _WAKE:
-                break
+            if not isinstance(job, GenerationJob):
+                break  # _WAKE: a task waits
             arrived.append(job)
         if arrived:
             self._start(arrived)
@@ -237,8 +240,8 @@ class ModelWorker:
         return self._inbox.get(timeout=_GATHER_SECONDS)
 
     def _start(self, jobs: list[GenerationJob]) -> None:
-        """Prefill jobs that arrived together at an idle batch in one forward pass (they join
-        at the next step), or queue them to join a busy batch (prefilled by `_step`)."""
+        """Prefill jobs that arrived together at an idle group in one forward pass (they join
+        at the next step), or queue them to join a busy group (prefilled by `_step`)."""
         with self._lock:
             self.queued -= len(jobs)
             self._running += jobs
@@ -259,18 +262,18 @@ class ModelWorker:
             return
         group = next((g for g in self._groups if g.mergeable), None)
         if group is None:
-            group = JobBatch(self._model, self.passes, self._prefill_chunk)
+            group = RunningGroup(self._model, self.passes, self._prefill_chunk)
             self._groups.append(group)
         if group.busy:
             group.wait(jobs)
         else:
             self._retire_all(group, group.add(jobs))
 
-    def _step(self, group: JobBatch) -> None:
-        """One round of the group (see JobBatch.advance); retire the jobs that ended."""
+    def _step(self, group: RunningGroup) -> None:
+        """One round of the group (see RunningGroup.advance); retire the jobs that ended."""
         self._retire_all(group, group.advance())
 
-    def _abandon(self, group: JobBatch, exc: Exception) -> None:
+    def _abandon(self, group: RunningGroup, exc: Exception) -> None:
         """End a group whose round raised where no pass was to blame (a bug): its requests
         end with the error instead of waiting forever, and the worker goes on serving."""
         self._groups.remove(group)
@@ -282,7 +285,7 @@ class ModelWorker:
                 fail(job, exc)
             self._retire(job)
 
-    def _retire_all(self, group: JobBatch, ended: list[GenerationJob]) -> None:
+    def _retire_all(self, group: RunningGroup, ended: list[GenerationJob]) -> None:
         for job in ended:
             self._retire(job)
         if not group.busy and group in self._groups:
@@ -308,7 +311,7 @@ class ModelWorker:
     def _release(self) -> None:
         """Drop the model (this worker holds its only reference) and give its memory back."""
         device = getattr(self._model, "device", None)
-        self._model = self._tokenizer = None
+        del self._model, self._tokenizer
         gc.collect()  # weights kept alive by a reference cycle are freed now, not some day
         if device is not None and device.type == "cuda":
             torch.cuda.empty_cache()

@@ -14,7 +14,8 @@ from app.engine import DoneEvent, ErrorEvent, GenerationJob, ModelTask, ModelWor
 from app.engine.attention import HeadSelection
 from app.engine.batch import DecodeBatch, SoloSequence
 from app.engine.events import TokenEvent
-from app.engine.rows import JobBatch, PassCounters, PrefillPace
+from app.engine.pace import PrefillPace
+from app.engine.running import PassCounters, RunningGroup
 from tests.support.scripted import FAIL, LetterTokenizer, ScriptedLM
 from tests.support.tiny_models import MODEL_IDS
 from tests.unit.engine.conftest import solo_logits
@@ -216,7 +217,7 @@ def test_a_failed_chunk_ends_only_the_joining_request(workers):
 
 def test_a_request_cancelled_while_its_prompt_goes_in_ends_cancelled():
     lm = ScriptedLM({tuple(_ids("ha")): list(_ids("b" * 30))})
-    group = JobBatch(lm, PassCounters(), prefill_chunk=2)
+    group = RunningGroup(lm, PassCounters(), prefill_chunk=2)
     running = GenerationJob(_ids("ha"), SamplingParams(30, temperature=0))
     joining = GenerationJob(_ids("abcdefgh"), SamplingParams(4, temperature=0))
     for job in (running, joining):
@@ -253,7 +254,7 @@ class _GivenPace(PrefillPace):
 
 def test_a_prompts_passes_are_planned_on_the_first_measured_budget(model_root):
     model = AutoModelForCausalLM.from_pretrained(model_root / "tiny-gpt2").eval()
-    group = JobBatch(model, PassCounters(), prefill_chunk=16)  # LONG (37) takes chunks
+    group = RunningGroup(model, PassCounters(), prefill_chunk=16)  # LONG (37) takes chunks
     group.pace = _GivenPace(16, probe=4, measured=10)
     greedy = SamplingParams(max_new_tokens=20, temperature=0, ignore_eos=True)
     running, joining = GenerationJob(SHORT, greedy), GenerationJob(LONG, greedy)
@@ -272,93 +273,8 @@ def test_a_prompts_passes_are_planned_on_the_first_measured_budget(model_root):
     assert [b - a for a, b in zip(fed, fed[1:], strict=False)] == [9, 8, 8, 8]
 
 
-def test_the_pace_counts_prompt_work_by_position():
-    pace = PrefillPace(chunk=256, keys_per_token=1000)
-    assert pace.budget() == pace.work(0, 256)  # nothing decodes yet: a whole chunk
-    assert pace.work(0, 100) == 105  # positions 0..99 cost 1 + p / 1000 each: 5 extra
-    assert pace.work(900, 100) == 195
-    assert pace.tokens(900, 195) == 100 and pace.tokens(0, 105) == 100
-    assert pace.tokens(0, 10_000) == 256  # never more than a chunk
-
-
-def _rounds(pace: PrefillPace, fixed: float, per_unit: float, n: int) -> list[float]:
-    """Run n rounds whose time is `fixed` + `per_unit` x work; the rounds' times."""
-    times = []
-    for _ in range(n):
-        work = pace.budget()
-        times.append(fixed + per_unit * work)
-        pace.prefilled(work, times[-1])
-    return times
-
-
-@pytest.mark.parametrize(
-    ("fixed", "per_unit"),
-    [(0.030, 0.001), (0.045, 0.0009), (0.010, 0.0015)],  # CPUs: a step is a few dozen tokens
-)
-def test_rounds_with_prompt_work_grow_to_the_target_and_never_past_it(fixed, per_unit):
-    pace = PrefillPace(chunk=512)
-    for _ in range(5):
-        pace.stepped(0.030)
-    assert pace.probing() and pace.budget() == PrefillPace.PROBE_TOKENS
-    target = PrefillPace.GAP_STEPS * 0.030
-    times = _rounds(pace, fixed, per_unit, 12)
-    assert not pace.probing()
-    assert max(times) <= target + 1e-9  # never a round longer than GAP_STEPS steps
-    assert times[-1] >= 0.95 * target  # and not much shorter, once measured
-    assert times == sorted(times)  # from below
-
-
-def test_on_a_gpu_the_chunk_caps_the_round_after_a_few_rounds():
-    pace = PrefillPace(chunk=256)
-    pace.stepped(0.020)  # a step costs about as much as hundreds of prompt tokens
-    works = []
-    for _ in range(6):
-        works.append(pace.budget())
-        pace.prefilled(works[-1], 0.020 + 0.00002 * works[-1])
-    # The probe, then at most twice the most measured a round, up to the whole chunk.
-    assert works[:2] == [32, 64] and works[-1] == 256
-    assert all(b <= 2 * a for a, b in zip(works, works[1:], strict=False))
-
-
-def test_one_slow_step_does_not_size_the_next_chunks():
-    pace = PrefillPace(chunk=512)
-    for seconds in (0.030, 0.031, 0.029, 0.030, 0.120):  # the last slowed by another process
-        pace.stepped(seconds)
-    pace.prefilled(32, 0.060)
-    assert pace.budget() == pytest.approx(PrefillPace.GAP_STEPS * 0.030 / (0.060 / 32))
-
-
-def test_rounds_in_one_pass_and_in_passes_of_their_own_are_measured_apart():
-    pace = PrefillPace(chunk=512)
-    pace.stepped(0.030)
-    pace.prefilled(32, 0.050, mixed=True)
-    assert pace.probing(mixed=False) and pace.budget(mixed=False) == PrefillPace.PROBE_TOKENS
-    pace.prefilled(32, 0.070, mixed=False)  # the chunk's pass, then the step's
-    assert pace.budget(mixed=True) > pace.budget(mixed=False)
-    assert pace.budget(mixed=False) == pytest.approx(PrefillPace.GAP_STEPS * 0.030 / (0.070 / 32))
-
-
-def test_a_token_that_costs_more_than_a_step_still_makes_progress():
-    pace = PrefillPace(chunk=256)
-    pace.stepped(0.050)
-    pace.prefilled(1, 10.0)
-    assert pace.budget() == PrefillPace.MIN_TOKENS
-
-
-def test_a_round_its_budget_did_not_size_is_no_sample():
-    pace = PrefillPace(chunk=256)
-    pace.stepped(0.020)  # a GPU: a step costs about as much as hundreds of prompt tokens
-    for _ in range(6):
-        budget = pace.budget()
-        pace.prefilled(budget, 0.020 + 0.00002 * budget, budget=budget)
-    assert pace.budget() == 256
-    # A 5-token prompt went in whole (it fits a chunk): its round is mostly the fixed part.
-    pace.prefilled(5, 0.0201, budget=256)
-    assert pace.budget() == 256
-
-
-def _group_with_a_running_row(lm, chunk: int) -> tuple[JobBatch, GenerationJob]:
-    group = JobBatch(lm, PassCounters(), prefill_chunk=chunk)
+def _group_with_a_running_row(lm, chunk: int) -> tuple[RunningGroup, GenerationJob]:
+    group = RunningGroup(lm, PassCounters(), prefill_chunk=chunk)
     running = GenerationJob(_ids("ha"), SamplingParams(30, temperature=0))
     running.begin(TOKENIZER, frozenset(), torch.device("cpu"))
     assert group.add([running]) == []

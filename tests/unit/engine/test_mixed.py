@@ -55,6 +55,19 @@ def test_prompts_alone_in_a_mixed_pass_need_no_batch(model_root, model_id):
     torch.testing.assert_close(extra[1], solo_logits(model, PROMPTS[1], 0)[0], **TOLERANCE)
 
 
+def test_a_mixed_pass_of_only_a_prompts_inner_chunk_wants_no_logits(model_root):
+    # With no rows, a chunk that does not end its prompt: no logits to keep at all (an
+    # empty index once made the pass raise, and the group stopped mixing for good).
+    model = AutoModelForCausalLM.from_pretrained(model_root / "tiny-gpt2").eval()
+    batch, solo = DecodeBatch(model), SoloSequence(model, LONG, None)
+    part = solo.part(30, None)
+    rows, extra = batch.mixed_step([], [part])
+    solo.fed(part)
+    assert rows.logits.shape[0] == 0 and extra.shape[0] == 0
+    rows, extra = batch.mixed_step([], [solo.part(30, None)])
+    torch.testing.assert_close(extra[0], solo_logits(model, LONG, 0)[0], **TOLERANCE)
+
+
 def test_a_failed_mixed_pass_leaves_the_rows_cache_as_it_was(model_root, monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(model_root / "tiny-gpt2").eval()
     batch = DecodeBatch(model)
@@ -89,7 +102,7 @@ def test_a_model_that_rejects_mixed_passes_is_served_by_passes_of_their_own(
 ):
     import app.engine.batch as batch_module
     from app.engine import GenerationJob, SamplingParams
-    from app.engine.rows import JobBatch, PassCounters
+    from app.engine.running import PassCounters, RunningGroup
     from tests.unit.engine.test_chunked_prefill import _Numbers
 
     model = AutoModelForCausalLM.from_pretrained(model_root / "tiny-gpt2").eval()
@@ -100,7 +113,7 @@ def test_a_model_that_rejects_mixed_passes_is_served_by_passes_of_their_own(
         raise TypeError("logits_to_keep must be an int")
 
     monkeypatch.setattr(batch_module, "mixed_forward", rejecting)
-    group = JobBatch(model, PassCounters(), prefill_chunk=8)
+    group = RunningGroup(model, PassCounters(), prefill_chunk=8)
     greedy = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
     running, joining = GenerationJob(PROMPTS[1], greedy), GenerationJob(LONG, greedy)
     for job in (running, joining):

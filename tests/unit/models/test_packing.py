@@ -10,7 +10,7 @@ from transformers.pytorch_utils import Conv1D
 
 from app.config import Settings
 from app.engine.contract import cache_keyword
-from app.engine.rows import keys_per_token
+from app.engine.pace import keys_per_token
 from app.models import packing
 from app.models.loading import load
 from app.models.packing import PackedLinear, pack_linear_layers

@@ -1,10 +1,14 @@
-"""Failure isolation in a batch, driven by the scripted fake model (no torch weights)."""
+"""Failure isolation in a running group, driven by the scripted fake model (no torch weights)."""
 
 from __future__ import annotations
 
 import threading
 
+import torch
+
 from app.engine import DoneEvent, ErrorEvent, GenerationJob, ModelTask, ModelWorker, SamplingParams
+from app.engine.running import PassCounters, RunningGroup
+from app.engine.sampling import BatchSampler
 from tests.support.scripted import FAIL, LetterTokenizer, ScriptedLM
 
 GREEDY = SamplingParams(max_new_tokens=6, temperature=0)
@@ -94,10 +98,8 @@ def test_a_lone_request_that_fails_ends_with_an_error(workers):
 
 
 def test_a_fault_outside_any_pass_ends_its_requests_and_the_worker_serves_on(workers, monkeypatch):
-    from app.engine.rows import JobBatch
-
     lm = ScriptedLM({ids("ab"): list(ids("cccccc")), ids("ba"): list(ids("hhh"))})
-    advance = JobBatch.advance
+    advance = RunningGroup.advance
     faults = iter([RuntimeError("a bug of ours")])
 
     def advance_with_a_fault(self):
@@ -106,7 +108,7 @@ def test_a_fault_outside_any_pass_ends_its_requests_and_the_worker_serves_on(wor
             raise fault
         return advance(self)
 
-    monkeypatch.setattr(JobBatch, "advance", advance_with_a_fault)
+    monkeypatch.setattr(RunningGroup, "advance", advance_with_a_fault)
     (first, second), worker = run_together(lm, ["ab", "ab"])
     workers.append(worker)
     for events in (first, second):  # both were rows of the faulty round: both end, with it
@@ -132,3 +134,33 @@ def test_a_request_whose_setup_fails_ends_alone(workers, monkeypatch):
     workers.append(worker)
     assert failing == [failing[0]] and "could not start" in failing[0].message
     assert text(mate) == "ccc" and mate[-1].finish_reason == "length"
+
+
+def test_when_sampling_the_rows_together_fails_each_row_samples_alone(monkeypatch):
+    scripts = {
+        ids("ab"): list(ids("cde")),
+        ids("cd"): list(ids("hgf")),
+        ids("ee"): list(ids("aba")),
+    }
+    lm = ScriptedLM(scripts)
+    jobs = [GenerationJob(list(prompt), SamplingParams(3, temperature=0)) for prompt in scripts]
+    for job in jobs:
+        job.begin(TOKENIZER, frozenset(), torch.device("cpu"))
+    choose, calls = BatchSampler.choose, []
+
+    def together_fails_once(self, logits, samplers):
+        calls.append(len(samplers))
+        if len(calls) == 1:
+            raise RuntimeError("a fault of the batched sampling, no row's own")
+        return choose(self, logits, samplers)
+
+    monkeypatch.setattr(BatchSampler, "choose", together_fails_once)
+    group = RunningGroup(lm, PassCounters())
+    assert group.add(jobs) == []  # the prefill's tokens: chosen together, which raised
+    assert calls[0] == 3 and group.jobs == jobs  # every row got its first token anyway
+    ended = []
+    while group.busy:
+        ended += group.advance()
+    assert ended == jobs and not any(job.failed for job in jobs)
+    for job, script in zip(jobs, scripts.values(), strict=True):
+        assert text(until_done(job)) == TOKENIZER.decode(script)  # what each makes alone
