@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.engine.contract import Tokenizer
+from app.engine.contract import Tokenizer, decode_text
 
 REPLACEMENT_CHAR = "\ufffd"
 _CONTEXT = 4  # tokens of the prompt kept before the first generated one
@@ -105,9 +105,7 @@ class IncrementalDecoder:
         return start
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(
-            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
+        return decode_text(self._tokenizer, ids, skip_special_tokens=True)
 
 
 @dataclass(frozen=True)
@@ -248,4 +246,4 @@ def standalone_texts(tokenizer: Tokenizer, token_ids: Sequence[int]) -> dict[int
 
 
 def _decode_with_specials(tokenizer: Tokenizer, ids: list[int]) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return decode_text(tokenizer, ids, skip_special_tokens=False)
