@@ -52,7 +52,7 @@ class Chunk:
 
 
 @dataclass(frozen=True)
-class Run:
+class PrefillRun:
     """The next `count` waiting prompts, prefilled together (left-padded) as new rows."""
 
     count: int
@@ -71,7 +71,7 @@ class RoundPlan:
 
     mixed: bool
     budget: float  # the prompt work it was sized on; WHOLE when nothing decodes
-    feed: tuple[Chunk | Run, ...] = ()
+    feed: tuple[Chunk | PrefillRun, ...] = ()
     join: tuple[int, ...] = ()
     decode: tuple[int, ...] = ()
 
@@ -195,14 +195,14 @@ def _share(
 
 def _separate_feed(
     pace: PrefillPace, budget: float, solos: Sequence[SoloState], waiting: Sequence[int]
-) -> list[Chunk | Run]:
+) -> list[Chunk | PrefillRun]:
     """separate: each pass costs about a step however few its tokens, so waiting prompts go
     in runs (the longest run that fits, in one pass, straight into rows), and a prompt too
     long for the budget becomes a solo fed the budget's tokens. Chunks are not planned
     ahead as in mixed rounds: each takes what the budget has left."""
     state = [[solo.done, solo.remaining] for solo in solos]  # as the passes will leave them
     passes = [solo.passes_left for solo in solos]
-    feed: list[Chunk | Run] = []
+    feed: list[Chunk | PrefillRun] = []
     queued = 0  # waiting prompts taken so far
     while budget > 0:
         partial = next((i for i, (_, remaining) in enumerate(state) if remaining), None)
@@ -220,7 +220,7 @@ def _separate_feed(
                 count += 1
             if count:
                 work = _run_work(pace, waiting[queued : queued + count])
-                feed.append(Run(count, work))
+                feed.append(PrefillRun(count, work))
                 budget -= work
                 queued += count
                 continue

@@ -22,7 +22,7 @@ from app.engine.job import GenerationJob
 from app.engine.kvcache import full_attention
 from app.engine.mixed import supports
 from app.engine.pace import PrefillPace, RoundRecord, keys_per_token
-from app.engine.plan import Chunk, RoundPlan, Run, SoloState, plan_round
+from app.engine.plan import Chunk, PrefillRun, RoundPlan, SoloState, plan_round
 from app.engine.sampling import BatchSampler
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class RunningGroup:
         self._round.budget = plan.budget
         solos, ended = list(self.solos), []
         for item in plan.feed:
-            if isinstance(item, Run):
+            if isinstance(item, PrefillRun):
                 jobs, self.waiting = self.waiting[: item.count], self.waiting[item.count :]
                 ended += self.add(jobs)
                 continue

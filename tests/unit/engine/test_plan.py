@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from app.engine.pace import WHOLE, PrefillPace
-from app.engine.plan import Chunk, RoundPlan, Run, SoloState, plan_round
+from app.engine.plan import Chunk, PrefillRun, RoundPlan, SoloState, plan_round
 
 
 def _pace(chunk: int, budget: float | None = None) -> PrefillPace:
@@ -38,7 +38,7 @@ def test_with_nothing_decoding_the_prompts_go_in_whole(mixed):
             (2, 100, True, True),
         ]
     else:  # separate: one prefill of all three, straight into rows
-        assert plan.feed == (Run(3, 3 * 100),)
+        assert plan.feed == (PrefillRun(3, 3 * 100),)
 
 
 def test_the_plan_is_a_value_and_planning_changes_nothing():
@@ -84,7 +84,10 @@ def test_a_separate_round_prefills_a_run_of_short_prompts_then_chunks_a_long_one
     plan = _plan(pace, False, waiting=(3, 4, 5, 40))
     # The longest run that fits a chunk (3 prompts padded to 5: 15 tokens) in one pass;
     # the long one becomes a solo and takes what the budget has left: 1 token.
-    assert plan.feed == (Run(3, 15), Chunk(solo=0, start=0, tokens=1, work=1, last=False, new=True))
+    assert plan.feed == (
+        PrefillRun(3, 15),
+        Chunk(solo=0, start=0, tokens=1, work=1, last=False, new=True),
+    )
     assert plan.join == () and plan.decode == ()
 
 
