@@ -69,12 +69,19 @@ class Recorder:
         self.marks[threading.get_ident()].append(self._n)
 
 
-def per_event(calls: list[tuple[int, str]], marks: list[int]) -> list[int]:
-    """Distinct modules called between consecutive marks (one count per interval)."""
-    counts = []
-    for start, end in zip(marks, marks[1:], strict=False):
-        counts.append(len({module for n, module in calls if start < n <= end}))
-    return counts
+def per_event(calls: list[tuple[int, str]], marks: list[int]) -> list[set[str]]:
+    """The distinct modules called between consecutive marks (one set per interval)."""
+    return [
+        {module for n, module in calls if start < n <= end}
+        for start, end in zip(marks, marks[1:], strict=False)
+    ]
+
+
+def summary(sets: list[set[str]]) -> str:
+    """The median count, each interval's count, and the modules of the median interval."""
+    counts = [len(modules) for modules in sets]
+    middle = sorted(sets, key=len)[len(sets) // 2]
+    return f"median {statistics.median(counts)} {counts}\n    " + ", ".join(sorted(middle))
 
 
 def main() -> None:
@@ -123,12 +130,12 @@ def main() -> None:
     print(f"{args.api}: {len(everywhere)} app modules ran code for the request:")
     print("  " + ", ".join(everywhere))
     back = per_event(recorder.calls[request_thread], recorder.marks[request_thread])
-    print(f"request thread, modules per SSE event: median {statistics.median(back)} {back}")
+    print(f"request thread, modules per SSE event: {summary(back)}")
     for ident, marks in recorder.marks.items():
         if ident == request_thread or len(marks) < 2:
             continue
         forth = per_event(recorder.calls[ident], marks)
-        print(f"worker thread, modules per token event: median {statistics.median(forth)}")
+        print(f"worker thread, modules per token event: {summary(forth)}")
 
 
 if __name__ == "__main__":
