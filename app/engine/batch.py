@@ -175,9 +175,11 @@ class DecodeBatch:
         if first:
             self._mask = mask[:, first:]
             for layer in cache.layers:
-                if isinstance(layer, CacheLayerMixin) and layer.keys is not None:
-                    keys, values = filled(layer)
-                    layer.keys, layer.values = keys[..., first:, :], values[..., first:, :]
+                # Never skip a layer: a cache cut apart from its mask would misalign them.
+                if not isinstance(layer, CacheLayerMixin):
+                    raise TypeError(f"{type(layer).__name__} holds no keys and values")
+                keys, values = filled(layer)
+                layer.keys, layer.values = keys[..., first:, :], values[..., first:, :]
 
     def _roll_back(self, columns: Sequence[int | None]) -> None:
         # A failed pass may have appended this step's keys and values to some layers.

@@ -37,18 +37,22 @@ def isolated(
     jobs: Sequence[GenerationJob],
     part: Callable[[], T],
     alone: Callable[[Exception], list[GenerationJob]] | None = None,
+    forward_pass: bool = True,
 ) -> T | Failed:
     """Run one part of a round for `jobs`, and charge its failure to them only.
 
-    On an exception the round (`record`) is no sample for the pace, and `alone(exc)`, if
-    given, takes the jobs on without the failed part and returns those that ended;
-    else each of `jobs` ends with the error. Either way the caller gets a `Failed` with
-    the ended jobs, never the exception.
+    When a `forward_pass` raises, the round (`record`) is no sample for the pace: its time
+    holds a failed pass, and perhaps its parts run again apart. A failed sampling call or
+    hand-off to a job leaves the round a sample: its passes ran as planned. Then
+    `alone(exc)`, if given, takes the jobs on without the failed part and returns those
+    that ended; else each of `jobs` ends with the error. Either way the caller gets a
+    `Failed` with the ended jobs, never the exception.
     """
     try:
         return part()
     except Exception as exc:
-        record.clean = False
+        if forward_pass:
+            record.clean = False
         if alone is not None:
             return Failed(alone(exc))
         for job in jobs:
@@ -65,8 +69,11 @@ def choose(
     """The rows' tokens chosen together from `logits` [rows, vocab], a row's own failure
     as an Exception; should the call itself fail, None for every row: each then chooses
     alone (in `hand`), so that only a row whose own sampling fails ends."""
-    samplers = [job.sampler for job in jobs]
-    choices = isolated(record, jobs, lambda: sampler.choose(logits, samplers), _each_alone)
+
+    def together() -> list[Choice | Exception]:
+        return sampler.choose(logits, [job.sampler for job in jobs])
+
+    choices = isolated(record, jobs, together, _each_alone, forward_pass=False)
     return [None] * len(jobs) if isinstance(choices, Failed) else choices
 
 
@@ -87,7 +94,7 @@ def hand(
     if isinstance(choice, Exception):
         fail(job, choice)
         return False
-    going = isolated(record, [job], lambda: job.take(logits, attention, choice))
+    going = isolated(record, [job], lambda: job.take(logits, attention, choice), forward_pass=False)
     return not isinstance(going, Failed) and going
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -55,6 +56,11 @@ class PrefillPace:
     def work(self, start: int, tokens: int) -> float:
         """Token-equivalents of prompt tokens start..start+tokens-1."""
         return tokens * (1 + (start + tokens / 2) / self._keys)
+
+    def padded_work(self, lengths: Sequence[int]) -> float:
+        """Token-equivalents of prefilling prompts of these lengths together in one pass,
+        left-padded to the longest."""
+        return len(lengths) * self.work(0, max(lengths))
 
     def tokens(self, start: int, work: float) -> int:
         """How many prompt tokens from `start` on make `work` (at most `chunk`, at least 1)."""

@@ -215,11 +215,11 @@ def _separate_feed(
             fits = max(budget, pace.chunk)
             count = 0
             while queued + count < len(waiting):
-                if _run_work(pace, waiting[queued : queued + count + 1]) > fits:
+                if pace.padded_work(waiting[queued : queued + count + 1]) > fits:
                     break
                 count += 1
             if count:
-                work = _run_work(pace, waiting[queued : queued + count])
+                work = pace.padded_work(waiting[queued : queued + count])
                 feed.append(PrefillRun(count, work))
                 budget -= work
                 queued += count
@@ -235,8 +235,3 @@ def _separate_feed(
         budget -= work
         state[partial] = [done + tokens, remaining - tokens]
     return feed
-
-
-def _run_work(pace: PrefillPace, lengths: Sequence[int]) -> float:
-    """The prompt work of prefilling these prompts together (left-padded to the longest)."""
-    return len(lengths) * pace.work(0, max(lengths))

@@ -93,7 +93,7 @@ class RunningGroup:
         step = isolated(self._round, jobs, partial(self.batch.prefill, prompts, watches), alone)
         if isinstance(step, Failed):
             return step.ended
-        self._round.work += len(jobs) * self.pace.work(0, max(map(len, prompts)))
+        self._round.work += self.pace.padded_work(list(map(len, prompts)))
         self._counters.prefills += 1
         first = len(self.jobs)
         self.jobs += jobs
@@ -173,10 +173,14 @@ class RunningGroup:
             feeding.append((job, solo, solo.part(chunk.tokens, None)))
         if not self.jobs and not feeding:
             return []
-        tokens, parts = [_newest(job) for job in self.jobs], [part for *_, part in feeding]
+        parts = [part for *_, part in feeding]
         everyone = [*self.jobs, *(job for job, _, _ in feeding)]
         alone = partial(self._mixed_apart, [solo for _, solo, _ in feeding])
-        out = isolated(self._round, everyone, partial(self.batch.mixed_step, tokens, parts), alone)
+
+        def mixed_pass() -> tuple[Step, torch.Tensor]:
+            return self.batch.mixed_step([_newest(job) for job in self.jobs], parts)
+
+        out = isolated(self._round, everyone, mixed_pass, alone)
         if isinstance(out, Failed):
             return out.ended
         step, logits = out
@@ -241,11 +245,11 @@ class RunningGroup:
         if not self.jobs:
             return []
         started = time.perf_counter()
-        tokens = [_newest(job) for job in self.jobs]
-        # The batch rolls itself back to before the step when it raises.
-        step = isolated(
-            self._round, self.jobs, partial(self.batch.step, tokens), self._step_rows_alone
-        )
+
+        def step_rows() -> Step:  # the batch rolls itself back to before the step if it raises
+            return self.batch.step([_newest(job) for job in self.jobs])
+
+        step = isolated(self._round, self.jobs, step_rows, self._step_rows_alone)
         if isinstance(step, Failed):
             return step.ended
         self._counters.decode_steps += 1
@@ -263,7 +267,7 @@ class RunningGroup:
         self.batch, self.jobs = DecodeBatch(self._model), []
         ended = []
         for job, single in zip(jobs, singles, strict=True):
-            step = isolated(self._round, [job], partial(single.step, [_newest(job)]))
+            step = isolated(self._round, [job], partial(_step_alone, single, job))
             if isinstance(step, Failed):
                 ended += step.ended
                 continue
@@ -324,6 +328,11 @@ class RunningGroup:
 
 def _at(solos: list[Solo], indices: Sequence[int]) -> list[Solo]:
     return [solos[i] for i in indices]
+
+
+def _step_alone(single: DecodeBatch, job: GenerationJob) -> Step:
+    """One row's step in a batch of its own."""
+    return single.step([_newest(job)])
 
 
 def _newest(job: GenerationJob) -> int:

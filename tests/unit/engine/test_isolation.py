@@ -164,3 +164,20 @@ def test_when_sampling_the_rows_together_fails_each_row_samples_alone(monkeypatc
     assert ended == jobs and not any(job.failed for job in jobs)
     for job, script in zip(jobs, scripts.values(), strict=True):
         assert text(until_done(job)) == TOKENIZER.decode(script)  # what each makes alone
+
+
+def test_a_failed_forward_pass_spoils_the_rounds_timing_and_a_failed_sampling_does_not():
+    from app.engine.isolation import Failed, isolated
+    from app.engine.pace import RoundRecord
+
+    def broken():
+        raise RuntimeError("out of memory")
+
+    job = GenerationJob(list(ids("ab")), GREEDY)
+    sampling = RoundRecord()
+    # A sampling call that failed: its rows choose alone; the passes ran as planned.
+    assert isolated(sampling, [job], broken, lambda exc: [], forward_pass=False) == Failed([])
+    assert sampling.clean and not job.failed
+    forward = RoundRecord()
+    assert isolated(forward, [job], broken) == Failed([job])
+    assert not forward.clean and job.failed
