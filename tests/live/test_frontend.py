@@ -95,11 +95,9 @@ def test_generate_shows_the_generated_text(tab, api, chain_model):
 
 
 def test_stop_ends_the_server_s_work(tab, api):
-    stats = lambda: next(  # noqa: E731
-        m
-        for m in requests.get(api.url("/models"), timeout=5).json()["loaded"]
-        if m["model_id"] == "slow-gpt2"
-    )
+    def stats():
+        return api.stats("slow-gpt2")
+
     requests.post(api.url("/generate"), json={"model_id": "slow-gpt2", "prompt": "x"}, timeout=60)
     before = stats()["generated_tokens"]
     result = tab.evaluate("([u, m, p]) => generate(u, m, p, 3)", [api.base, "slow-gpt2", "Hi"])

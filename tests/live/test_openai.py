@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.support.server import IDLE, wait_for
-from tests.support.sse_client import SSEEvent, parse
+from tests.support.sse_client import SSEEvent
 
 PROMPT = "Hello wörld 🦙 two  spaces"
 
@@ -26,13 +26,6 @@ def _client(server, key: str = "unused") -> openai.OpenAI:
 
 def _async_client(server) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=server.url("/v1"), api_key="x", max_retries=0, timeout=120)
-
-
-def _raw_stream(server, path: str, body: dict) -> list[SSEEvent | str]:
-    answer = requests.post(server.url(path), json={**body, "stream": True}, timeout=120)
-    assert answer.status_code == 200, answer.text
-    assert answer.headers["Content-Type"].startswith("text/event-stream")
-    return parse(answer.content.decode("utf-8"))
 
 
 # -- models --
@@ -264,7 +257,8 @@ def test_every_stream_ends_with_done_and_usage_comes_only_when_asked(server, opt
     body = {"model": "tiny-gpt2", "prompt": "Hi", "max_tokens": 4, "n": 2}
     if options is not None:
         body["stream_options"] = options
-    events = [e for e in _raw_stream(server, "/v1/completions", body) if isinstance(e, SSEEvent)]
+    streamed = server.stream("/v1/completions", **body, stream=True)
+    events = [e for e in streamed if isinstance(e, SSEEvent)]
     assert events[-1].data == "[DONE]"
     chunks = [json.loads(e.data) for e in events[:-1]]
     finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]

@@ -163,6 +163,7 @@ class LiveServer:
         """POST `body` to a streaming endpoint (a 200); its whole stream, parsed."""
         response = requests.post(self.url(path), json=body, timeout=120)
         assert response.status_code == 200, response.text
+        assert response.headers["Content-Type"].startswith("text/event-stream")
         return parse(response.content.decode("utf-8"))
 
     def stream_text(self, **body: Any) -> str:
