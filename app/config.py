@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -10,6 +12,10 @@ from typing import Any
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Numbers in ASCII only: int() and float() also read other scripts' digits ("٣" is 3),
+# underscores, "nan" and "inf", none of which a setting means.
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -107,9 +113,9 @@ def _parse(name: str, raw: str, default: Any) -> Any:
         if isinstance(default, bool):
             return _parse_bool(raw)
         if isinstance(default, int):
-            return int(raw)
+            return int(_number(raw, _INT, "an integer"))
         if isinstance(default, float):
-            return float(raw)
+            return _finite(float(_number(raw, _FLOAT, "a decimal number")))
         if isinstance(default, Path):
             return Path(raw)
         if isinstance(default, tuple):
@@ -137,6 +143,7 @@ def _coerce(field_name: str, value: Any, default: Any) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
         value = float(value) if ok else value
     elif isinstance(default, Path):
         ok = isinstance(value, os.PathLike)
@@ -149,6 +156,18 @@ def _coerce(field_name: str, value: Any, default: Any) -> Any:
         ok = isinstance(value, str)
     if not ok:
         raise ValueError(f"setting {field_name} ({name}) must be a {expected}, not {value!r}")
+    return value
+
+
+def _number(raw: str, form: re.Pattern[str], what: str) -> str:
+    if not form.fullmatch(raw):
+        raise ValueError(f"expected {what} in ASCII digits")
+    return raw
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):  # "1e999"
+        raise ValueError("expected a finite number")
     return value
 
 

@@ -9,6 +9,7 @@ as vLLM accepts them (the `openai` client sends them with `extra_body`).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -24,6 +25,8 @@ StopList = Annotated[
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 _LIMITED = "is not supported by this server"
+# A `logit_bias` key: a token id in ASCII decimal digits (leading zeros allowed).
+_TOKEN_ID = re.compile(r"[0-9]{1,20}")
 
 
 class _Body(BaseModel):
@@ -68,9 +71,16 @@ class _Sampling(_Body):
             raise ValueError("stop: at most 8 strings")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed when `stream` is true")
+        ids: dict[int, str] = {}
         for key in self.logit_bias or {}:
-            if not key.isdigit():
-                raise ValueError(f'logit_bias: keys are token ids, like "50256", not {key!r}')
+            # Only ASCII digits: str.isdigit() also passes "²" (which int() refuses) and
+            # int() reads "٣" or "０" as other scripts' digits (vLLM PR #16529). The length
+            # bound keeps int() within its 4300-digit limit; no vocabulary is that large.
+            if not _TOKEN_ID.fullmatch(key):
+                shown = repr(key) if len(key) <= 32 else repr(key[:32]) + "..."
+                raise ValueError(f'logit_bias: keys are token ids, like "50256", not {shown}')
+            if (same := ids.setdefault(int(key), key)) != key:
+                raise ValueError(f"logit_bias: keys {same!r} and {key!r} name the same token id")
         return self
 
     @property

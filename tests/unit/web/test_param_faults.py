@@ -1,0 +1,62 @@
+"""Faults of issue 23, through Flask's client: request numbers that pass validation but not
+the conversion after it, seeds narrowed to fewer bits than accepted, and float parameters
+that fall outside float32's range in the sampler's columns.
+
+(The sampler's own tests of the same faults are in tests/unit/engine/test_param_faults.py.)
+"""
+
+from __future__ import annotations
+
+import pytest
+
+PROMPT = {"model_id": "tiny-gpt2", "prompt": "The cat sat", "max_new_tokens": 8}
+V1 = {"model": "tiny-gpt2", "prompt": "The cat sat", "max_tokens": 8}
+
+
+# -- A validation rule looser than the conversion after it ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "²",  # str.isdigit() is true, int() raises: was a 500
+        "٣",  # Arabic-Indic three: int() takes it as 3
+        "０",  # fullwidth zero: int() takes it as 0
+        "𝟕",  # mathematical bold seven
+        " 7",
+        "7 ",
+        "+7",
+        "-7",
+        "7_0",
+        "",
+        "9" * 5000,  # isdigit, but int() refuses more than 4300 digits: was a 500
+    ],
+)
+def test_a_logit_bias_key_that_is_not_a_plain_ascii_id_is_a_400_naming_it(client, key):
+    """vLLM PR #16529: `"²".isdigit()` is true, then `int("²")` raised (a 500); keys in other
+    scripts' digits were silently taken as other ids. Only ASCII decimal ids pass."""
+    response = client.post("/v1/completions", json={**V1, "logit_bias": {key: 1}})
+    assert response.status_code == 400, response.get_json()
+    error = response.get_json()["error"]
+    assert error["param"] == "logit_bias"
+    assert repr(key)[:20] in error["message"]
+
+
+def test_two_logit_bias_keys_naming_one_id_are_a_400(client):
+    """vLLM PR #16529's kind: "7" and "07" both validate and both convert to 7, so one of
+    the two biases was silently dropped."""
+    response = client.post("/v1/completions", json={**V1, "logit_bias": {"7": 5, "07": -5}})
+    assert response.status_code == 400, response.get_json()
+    error = response.get_json()["error"]
+    assert error["param"] == "logit_bias" and "'07'" in error["message"]
+
+
+def test_plain_ascii_logit_bias_keys_still_work(client):
+    body = {**V1, "temperature": 0, "logit_bias": {"42": 100, "007": 0}}
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.get_json()
+    ids = client.post("/tokenize", json={"model_id": "tiny-gpt2", "prompt": " "}).get_json()
+    assert ids  # the vocabulary answers: token 42 is what a +100 bias makes greedy pick
+    text = response.get_json()["choices"][0]["text"]
+    detok = client.post("/detokenize", json={"model_id": "tiny-gpt2", "token_ids": [42] * 8})
+    assert text == detok.get_json()["text"]
