@@ -60,3 +60,34 @@ def test_plain_ascii_logit_bias_keys_still_work(client):
     text = response.get_json()["choices"][0]["text"]
     detok = client.post("/detokenize", json={"model_id": "tiny-gpt2", "token_ids": [42] * 8})
     assert text == detok.get_json()["text"]
+
+
+# -- A seed narrowed to fewer bits than the API accepts ------------------------------------
+
+
+def _sampled(client, seed, path="/generate"):
+    if path == "/generate":
+        body = {**PROMPT, "max_new_tokens": 24, "temperature": 1.0, "top_p": 1.0}
+        response = client.post(path, json={**body, "ignore_eos": True, "seed": seed})
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()["text"]
+    body = {**V1, "max_tokens": 24, "ignore_eos": True, "seed": seed}
+    response = client.post(path, json=body)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["choices"][0]["text"]
+
+
+def test_seeds_equal_in_their_low_32_bits_give_different_texts(client):
+    """numpy PR #4676's kind: torch's CPU generator keeps a seed's low 32 bits, so seeds 7,
+    7 + 2**32 and 7 + 5 * 2**32 all gave one text although /generate accepts up to 2**53."""
+    texts = [_sampled(client, seed) for seed in (7, 7 + 2**32, 7 + 5 * 2**32, 2**53)]
+    assert len(set(texts)) == 4, texts
+    assert _sampled(client, 7 + 2**32) == texts[1]  # each one still reproducible
+
+
+def test_v1_seeds_equal_in_their_low_32_bits_give_different_texts(client):
+    """numpy PR #4676's kind on /v1, which accepts seeds from -2**63 to 2**64 - 1."""
+    seeds = (7, 7 + 2**32, 7 + 2**63, 2**64 - 1, -1)
+    texts = [_sampled(client, seed, "/v1/completions") for seed in seeds]
+    # -1 is 2**64 - 1 modulo 2**64 (choice i uses seed + i modulo 2**64): the same stream.
+    assert len(set(texts)) == 4 and texts[3] == texts[4], texts
