@@ -114,6 +114,12 @@ def _process(
         # Untempered rows subtract 0 and divide by 1: unchanged.
         shift = torch.where(params.tempered, scores.amax(dim=-1, keepdim=True), 0.0)
         scores = (scores - shift) / params.temperature
+    if params.frozen is not None:
+        # A temperature that is 0 in float32 (from 2**-150 down): its limit, where the row's
+        # largest logits (0 once shifted) share the probability and the rest get none. A
+        # NaN row stays all -inf, so its draw still fails.
+        limit = torch.where(scores == 0, 0.0, float("-inf"))
+        scores = torch.where(params.frozen, limit, scores)
     return scores
 
 
@@ -153,8 +159,11 @@ def _penalize_repetition(
     # Ids past the logits' vocabulary (a larger embedding) cannot be generated: HF skips them.
     inside = ids < vocab
     flat, penalty = (ids + offsets)[inside], penalty[inside]
-    values = scores.view(-1).gather(0, flat)
-    values = torch.where(values < 0, values * penalty, values / penalty)
+    old = scores.view(-1).gather(0, flat)
+    values = torch.where(old < 0, old * penalty, old / penalty)
+    # A logit of 0 stays 0 (0 / p for any p > 0): a penalty that is 0 in float32 (under
+    # 2**-149) would make it 0 / 0, NaN.
+    values = torch.where(old == 0, old, values)
     scores.view(-1).scatter_(0, flat, values)  # a token seen twice gets the same value twice
     return scores
 

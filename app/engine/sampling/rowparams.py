@@ -16,6 +16,11 @@ import torch
 from app.engine.sampling.params import SamplingParams
 from app.engine.sampling.state import Sampler
 
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+# Half the smallest positive float32 (2**-149): a float64 this small or smaller is 0 in
+# float32 (2**-150 itself rounds to the even neighbour, 0).
+_ROUNDS_TO_ZERO = 2.0**-150
+
 
 @dataclass(frozen=True)
 class Repetition:
@@ -104,8 +109,21 @@ class RowParameters:
         tempered = [p.tempered for p in params]
         # [rows, 1] bool: which rows subtract their maximum (the others subtract 0).
         self.tempered = torch.tensor(tempered, device=device)[:, None] if any(tempered) else None
+        # A temperature that is 0 in float32 would divide 0 by 0 (NaN): such rows divide by 1
+        # and `frozen` makes them the limit instead. One past float32's largest would be inf,
+        # and a clamped logit's -inf (-largest minus a large maximum) / inf is NaN: it is the
+        # largest float32 instead, whose softmax is as flat as float32 can show for any
+        # logits but the clamped ones.
+        frozen = [p.tempered and p.temperature <= _ROUNDS_TO_ZERO for p in params]
+        # [rows, 1] bool: the rows whose temperature is 0 in float32, or None if no row's is.
+        self.frozen = torch.tensor(frozen, device=device)[:, None] if any(frozen) else None
         # [rows, 1]: the others divide by 1, which changes nothing.
-        self.temperature = column([p.temperature if p.tempered else 1.0 for p in params])
+        self.temperature = column(
+            [
+                min(p.temperature, _FLOAT32_MAX) if p.tempered and not cold else 1.0
+                for p, cold in zip(params, frozen, strict=True)
+            ]
+        )
 
         self.truncation = _truncation(params, vocab, device)
         self.logprobs = [i for i, p in enumerate(params) if p.logprobs]

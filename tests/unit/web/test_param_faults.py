@@ -91,3 +91,40 @@ def test_v1_seeds_equal_in_their_low_32_bits_give_different_texts(client):
     texts = [_sampled(client, seed, "/v1/completions") for seed in seeds]
     # -1 is 2**64 - 1 modulo 2**64 (choice i uses seed + i modulo 2**64): the same stream.
     assert len(set(texts)) == 4 and texts[3] == texts[4], texts
+
+
+# -- Float parameters outside float32's range ------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-46, 5e-324])
+def test_a_temperature_below_float32s_range_acts_as_greedy(client, temperature):
+    """Round 1's F1 below float32: 1e-300 became 0.0 in the float32 temperature column and
+    0 / 0 made the probabilities NaN: a 500 `generation_failed`."""
+    body = {**PROMPT, "ignore_eos": True, "details": True, "top_logprobs": 2}
+    greedy = client.post("/generate", json={**body, "temperature": 0})
+    tiny = client.post("/generate", json={**body, "temperature": temperature, "seed": 3})
+    assert tiny.status_code == 200, tiny.get_json()
+    assert tiny.get_json()["text"] == greedy.get_json()["text"]
+    stream = client.post("/generate/stream", json={**body, "temperature": temperature})
+    assert "event: error" not in stream.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_a_v1_temperature_below_float32s_range_acts_as_greedy(client, path):
+    """Round 1's F1 below float32 on /v1, where 1e-300 is a valid temperature and the openai
+    client retried the 500."""
+    if path == "/v1/completions":
+        body: dict = {**V1, "logprobs": 2}
+    else:
+        body = {
+            "model": "tiny-llama",  # it has a chat template
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 8,
+            "logprobs": True,
+            "top_logprobs": 2,
+        }
+    greedy = client.post(path, json={**body, "temperature": 0, "ignore_eos": True})
+    tiny = client.post(path, json={**body, "temperature": 1e-300, "ignore_eos": True})
+    assert tiny.status_code == 200, tiny.get_json()
+    key = "text" if path == "/v1/completions" else "message"
+    assert tiny.get_json()["choices"][0][key] == greedy.get_json()["choices"][0][key]
