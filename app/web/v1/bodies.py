@@ -55,7 +55,7 @@ class _Sampling(_Body):
     presence_penalty: float | None = Field(None, ge=-2, le=2, description="Default 0.")
     frequency_penalty: float | None = Field(None, ge=-2, le=2, description="Default 0.")
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
-        None, max_length=1024, description="Token id (a string) to a bias added to its logit."
+        None, max_length=1024, description="Token id (ASCII digits) to a bias added to its logit."
     )
     stream: bool | None = Field(None, description="Answer as Server-Sent Events.")
     stream_options: StreamOptions | None = Field(None, description="Only with `stream: true`.")
