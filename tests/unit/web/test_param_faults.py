@@ -128,3 +128,17 @@ def test_a_v1_temperature_below_float32s_range_acts_as_greedy(client, path):
     assert tiny.status_code == 200, tiny.get_json()
     key = "text" if path == "/v1/completions" else "message"
     assert tiny.get_json()["choices"][0][key] == greedy.get_json()["choices"][0][key]
+
+
+@pytest.mark.parametrize("path", ["/generate", "/v1/completions"])
+def test_a_repetition_penalty_below_float32s_range_never_fails(client, chain_model, path):
+    """Round 1's F1 below float32: a penalty of 1e-300 was 0.0 in float32, and a seen
+    token whose logit is exactly 0 (the chain model's prompt words) became 0 / 0 = NaN."""
+    prompt = "zebra quietly Dam"  # "zebra" and "quietly" have logit 0 in the chain model
+    if path == "/generate":
+        body: dict = {"model_id": chain_model, "prompt": prompt, "max_new_tokens": 4}
+    else:
+        body = {"model": chain_model, "prompt": prompt, "max_tokens": 4}
+    body |= {"temperature": 0.7, "repetition_penalty": 1e-300, "seed": 1, "ignore_eos": True}
+    response = client.post(path, json=body)
+    assert response.status_code == 200, response.get_json()
