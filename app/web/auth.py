@@ -26,6 +26,8 @@ def init_app(app: Flask) -> None:
     settings = app.config["LLMVIZ"]
     keys = [key.encode() for key in settings.all_api_keys()]
     if not keys:
+        # No key source configured: Settings refuses one that is set but yields no key,
+        # so an empty list here never means "keys were meant but none were read".
         return
     public = _PUBLIC | (_DOCS if settings.public_docs else set())
 
