@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Flask, request
+from flask import Flask, Response, request
 
 from app.errors import APIError
 
@@ -40,6 +40,16 @@ def init_app(app: Flask) -> None:
             raise Unauthorized("this server needs an API key: send `Authorization: Bearer <key>`")
         if not _known(token.strip().encode(), keys):
             raise Unauthorized("the API key is not valid", error="invalid_token")
+
+    @app.after_request
+    def _vary_on_key(response: Response) -> Response:
+        # Whether the answer is a 401 or the data depends on the key. HTTP caches are
+        # mostly careful already (a shared cache reuses no answer to a request that had
+        # Authorization; a 401 is not cacheable by default), but saying so keeps a cache
+        # set up to store more from giving one client's answer to another.
+        if request.method != "OPTIONS" and request.endpoint not in public:
+            response.vary.add("Authorization")
+        return response
 
 
 def _known(token: bytes, keys: list[bytes]) -> bool:
