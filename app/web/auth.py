@@ -11,6 +11,7 @@ from app.errors import APIError
 
 _PUBLIC = {"ops.health", "viewer.page", "viewer.asset"}  # the viewer holds no data
 _DOCS = {"docs.openapi", "docs.page", "docs.asset"}
+_EXTENSION = "llmviz.api_keys"  # app.extensions: whether keys are checked
 
 
 class Unauthorized(APIError):
@@ -25,6 +26,9 @@ def init_app(app: Flask) -> None:
     """Check `Authorization: Bearer <key>` on every request that needs it."""
     settings = app.config["LLMVIZ"]
     keys = [key.encode() for key in settings.all_api_keys()]
+    # Read once, here: whatever else tells whether keys are on (the OpenAPI document) asks
+    # `required`, never the file again, which may have changed since.
+    app.extensions[_EXTENSION] = bool(keys)
     if not keys:
         # No key source configured: Settings refuses one that is set but yields no key,
         # so an empty list here never means "keys were meant but none were read".
@@ -50,6 +54,11 @@ def init_app(app: Flask) -> None:
         if request.method != "OPTIONS" and request.endpoint not in public:
             response.vary.add("Authorization")
         return response
+
+
+def required(app: Flask) -> bool:
+    """Whether `app` checks keys: the keys read when it was created, not the file now."""
+    return bool(app.extensions.get(_EXTENSION, False))
 
 
 def _known(token: bytes, keys: list[bytes]) -> bool:

@@ -214,3 +214,15 @@ def test_a_bad_key_in_the_variable_stops_startup(raw):
     """hermes-agent #65123: LLMVIZ_API_KEYS follows the same rule for what a key may hold."""
     with pytest.raises(ValueError, match="LLMVIZ_API_KEYS"):
         Settings.from_env({"LLMVIZ_API_KEYS": raw})
+
+
+def test_the_docs_describe_the_keys_read_at_startup(model_root, tmp_path):
+    """hermes-agent #65123's kind: the keys file is read once, at startup, for every use; the
+    OpenAPI document read it again on each request, and a file edited since made it a 500."""
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("doc-key\n")
+    app = create_app({"model_root": model_root, "api_keys_file": str(keys_file)})
+    keys_file.write_text("# emptied after startup\n")
+    answer = app.test_client().get("/openapi.json", headers={"Authorization": "Bearer doc-key"})
+    assert answer.status_code == 200
+    assert answer.get_json()["components"].get("securitySchemes")
