@@ -59,15 +59,19 @@ class Settings:
 
         Raises:
             ValueError: an unknown override key, a value of the wrong type, or one that
-                cannot be parsed or that `validate` refuses; the message names the setting.
+                cannot be parsed or that `validate` refuses, or a restriction (keys, the
+                model allowlist) given a value that names nothing (" , "), which would
+                otherwise restrict nothing; the message names the setting.
         """
         env = os.environ if env is None else env
         defaults = {f.name: f.default for f in fields(cls)}
         values: dict[str, Any] = {}
+        raws: dict[str, str] = {}  # the text each setting was given, where it was text
         for field_name, default in defaults.items():
             name = "LLMVIZ_" + field_name.upper()
             if name in env:
                 values[field_name] = _parse(name, env[name], default)
+                raws[field_name] = env[name]
         unknown = sorted(set(overrides) - set(defaults))
         if unknown:
             raise ValueError(
@@ -76,6 +80,14 @@ class Settings:
             )
         for field_name, value in overrides.items():
             values[field_name] = _coerce(field_name, value, defaults[field_name])
+            if isinstance(value, str):
+                raws[field_name] = value
+        for field_name, what in _RESTRICTIONS.items():
+            if raws.get(field_name, "").strip() and not values[field_name]:
+                raise ValueError(
+                    f"LLMVIZ_{field_name.upper()} is set but names no {what}; "
+                    "give at least one, or leave the variable unset or empty"
+                )
         settings = replace(cls(), **values)
         settings.validate()
         return settings
@@ -93,17 +105,79 @@ class Settings:
             raise ValueError("LLMVIZ_SSE_PING_SECONDS must be positive")
         if self.model_ttl < 0:
             raise ValueError("LLMVIZ_MODEL_TTL must be 0 (off) or a number of seconds")
+        for key in self.api_keys:
+            _check_key(key, "LLMVIZ_API_KEYS")
 
     def all_api_keys(self) -> tuple[str, ...]:
-        """Keys from LLMVIZ_API_KEYS and LLMVIZ_API_KEYS_FILE (one per line, # comments)."""
+        """Keys from LLMVIZ_API_KEYS and LLMVIZ_API_KEYS_FILE (README, "API keys": the format).
+
+        Raises:
+            ValueError: the file cannot be read, is not UTF-8, holds a line that is neither
+                blank, a comment nor one valid key (the message names the line, never its
+                text), or holds no key at all.
+        """
         keys = list(self.api_keys)
         if self.api_keys_file:
-            try:
-                lines = Path(self.api_keys_file).read_text(encoding="utf-8").splitlines()
-            except OSError as exc:
-                raise ValueError(f"LLMVIZ_API_KEYS_FILE cannot be read: {exc.strerror}") from None
-            keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+            keys += read_keys_file(Path(self.api_keys_file))
         return tuple(keys)
+
+
+# Settings that, once given a value, restrict who may do what. Given a value that yields
+# nothing, they would silently restrict nothing (agentfield #424): `from_env` refuses that.
+# A blank value is the variable left empty, which means unset for every setting.
+_RESTRICTIONS = {"api_keys": "key", "model_allowlist": "model id or pattern"}
+
+# What a key may hold: visible ASCII (what any client can put in a header), but no comma
+# (LLMVIZ_API_KEYS separates keys with it), and not "#" first (the file's comments).
+_KEY_CHARS = re.compile(r"[!-+\--~]+")  # 0x21-0x7E but 0x2C, the comma
+
+
+def _check_key(key: str, source: str) -> None:
+    """Refuse a key outside the documented alphabet; the message never repeats the key."""
+    if not _KEY_CHARS.fullmatch(key) or key.startswith("#"):
+        raise ValueError(
+            f"{source}: a key is visible ASCII characters with no spaces or commas, "
+            "not starting with '#'"
+        )
+
+
+def read_keys_file(path: Path) -> list[str]:
+    """The keys in a keys file, read exactly as README's "API keys" paragraph defines it.
+
+    UTF-8, with or without a byte order mark (Notepad and PowerShell write one); lines end
+    with LF, CRLF or CR; spaces and tabs around a line are not part of it; a blank line or
+    one whose first visible character is "#" is skipped; every other line is one key.
+
+    Raises:
+        ValueError: unreadable, not UTF-8, a line that is not one valid key (named by its
+            number, since its text may be a secret), or no key at all; each names
+            LLMVIZ_API_KEYS_FILE.
+    """
+    name = "LLMVIZ_API_KEYS_FILE"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{name} cannot be read: {exc.strerror}") from None
+    try:
+        # utf-8-sig drops one leading BOM: left in, it would be part of the first key.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError(f"{name} ({path}) is not UTF-8 text") from None
+    keys = []
+    # Only these three line ends: str.splitlines would also split at form feeds, NEL,
+    # U+2028 and others, which no editor writes as a line end and no operator could see.
+    for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
+        line = line.strip(" \t")
+        if not line or line.startswith("#"):
+            continue
+        _check_key(line, f"{name} line {number}")
+        keys.append(line)
+    if not keys:
+        raise ValueError(
+            f"{name} ({path}) holds no key: the server would need none. "
+            "Add a key, or unset the variable to run without keys"
+        )
+    return keys
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

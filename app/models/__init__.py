@@ -11,7 +11,7 @@ from app.models.cache import ModelCache, cache, submit
 from app.models.loaded import LoadedModel, ModelProfile
 from app.models.loading import check_available, load, load_profile, read_config
 from app.models.prompts import PromptInput, Tokens
-from app.models.resolution import ModelSpec, list_demo, list_local, resolve
+from app.models.resolution import ModelSpec, allowed, list_demo, list_local, resolve
 
 __all__ = [
     "LoadedModel",
@@ -20,6 +20,7 @@ __all__ = [
     "ModelSpec",
     "PromptInput",
     "Tokens",
+    "allowed",
     "cache",
     "check_available",
     "list_demo",

@@ -38,8 +38,13 @@ def resolve(model_id: str, settings: Settings) -> ModelSpec:
     parts are dropped ("org//name/" is "org/name") and a local folder reached
     through a symlink in the root is named by its real folder.
 
-    Raises BadRequest (an unsafe id), ModelNotAllowed (not in the allowlist) or
-    ModelNotFound (neither a folder nor, when the hub is allowed, a valid hub id).
+    The allowlist is checked against the id as sent (empty parts dropped), before a symlink
+    is followed: it holds the names the operator allowed, and a link's target may be a
+    name they did not (DesktopCommanderMCP PR #595).
+
+    Raises BadRequest (an unsafe id), ModelNotAllowed (not in the allowlist; the message
+    names the id as sent) or ModelNotFound (neither a folder nor, when the hub is
+    allowed, a valid hub id).
     """
     path = PurePosixPath(model_id)
     if (
@@ -54,14 +59,13 @@ def resolve(model_id: str, settings: Settings) -> ModelSpec:
             "absolute paths and '..' are not allowed"
         )
     model_id = "/".join(part for part in model_id.split("/") if part)  # "a//b/" is "a/b"
+    if not allowed(model_id, settings):
+        raise ModelNotAllowed(f"model {model_id!r} is not in this server's LLMVIZ_MODEL_ALLOWLIST")
     if model_id in list_demo():
-        _check_allowed(model_id, settings)
         return ModelSpec(model_id, str(DEMO_ROOT / model_id.removeprefix(DEMO_PREFIX)), local=True)
     folder = settings.model_root / model_id
     if model_id and _is_dir(folder):
         model_id = _canonical_folder(settings.model_root, folder, model_id)
-    _check_allowed(model_id, settings)
-    if model_id and _is_dir(folder):
         return ModelSpec(model_id, str(settings.model_root / model_id), local=True)
     if not settings.allow_hub:
         raise ModelNotFound(
@@ -87,10 +91,15 @@ def list_demo() -> list[str]:
     return sorted(DEMO_PREFIX + path.parent.name for path in DEMO_ROOT.glob("*/config.json"))
 
 
-def _check_allowed(model_id: str, settings: Settings) -> None:
-    allowed = settings.model_allowlist
-    if allowed and not any(fnmatch.fnmatchcase(model_id, pattern) for pattern in allowed):
-        raise ModelNotAllowed(f"model {model_id!r} is not in this server's LLMVIZ_MODEL_ALLOWLIST")
+def allowed(model_id: str, settings: Settings) -> bool:
+    """Whether LLMVIZ_MODEL_ALLOWLIST (empty: any model) lets clients use `model_id`.
+
+    `model_id` is a name as a client sends it (or a model list offers it), never a
+    symlink's target: `resolve` and the model lists both ask with that name, so a list
+    offers exactly the ids that are then accepted.
+    """
+    patterns = settings.model_allowlist
+    return not patterns or any(fnmatch.fnmatchcase(model_id, pattern) for pattern in patterns)
 
 
 def list_local(root: Path) -> list[str]:

@@ -23,7 +23,11 @@ def list_models():
         ModelsResponse(
             loaded=[LoadedModelInfo.model_validate(lm.describe()) for lm in models.cache.loaded()],
             loading=models.cache.loading(),
-            available=models.list_demo() + models.list_local(settings.model_root),
+            available=[
+                model_id
+                for model_id in models.list_demo() + models.list_local(settings.model_root)
+                if models.allowed(model_id, settings)  # as a request for it is checked
+            ],
             default_model=settings.default_model,
         )
     )
@@ -36,7 +40,7 @@ def unload_model(model_id: str):
     spec = parsing.model_spec(model_id)
     lm = models.cache.unload(spec)
     if lm is None:
-        raise ModelNotFound(f"model {spec.model_id!r} is not loaded")
+        raise ModelNotFound(f"model {model_id!r} is not loaded")  # as the client named it
     stats = lm.stats()
     return reply(
         UnloadResponse(

@@ -13,7 +13,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_di
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from app.web import sse
+from app.web import auth, sse
 from app.web.answers import ErrorResponse
 
 bp = Blueprint("docs", __name__)
@@ -71,8 +71,7 @@ def documented(
 @bp.get("/openapi.json")
 def openapi():
     """The OpenAPI 3 description of every endpoint."""
-    keys = current_app.config["LLMVIZ"].all_api_keys()
-    return jsonify(build_document(current_app, bool(keys)))
+    return jsonify(build_document(current_app, auth.required(current_app)))
 
 
 @bp.get("/docs")

@@ -96,3 +96,12 @@ def test_an_environment_variable_is_overridden_and_the_rest_kept():
 def test_a_bad_environment_variable_names_itself():
     with pytest.raises(ValueError, match="LLMVIZ_MAX_BATCH='x' is not valid"):
         Settings.from_env({"LLMVIZ_MAX_BATCH": "x"})
+
+
+@pytest.mark.parametrize("raw", [" , ", ","])
+def test_an_allowlist_that_names_no_model_stops_startup(raw):
+    """agentfield #424's kind: LLMVIZ_MODEL_ALLOWLIST=" , " once allowed every model."""
+    with pytest.raises(ValueError, match="LLMVIZ_MODEL_ALLOWLIST is set but names no model"):
+        Settings.from_env({"LLMVIZ_MODEL_ALLOWLIST": raw})
+    with pytest.raises(ValueError, match="LLMVIZ_MODEL_ALLOWLIST is set but names no model"):
+        create_app({"model_allowlist": raw})

@@ -32,7 +32,9 @@ def list_models():
             spec = models.resolve(model_id, settings)
         except APIError:  # not allowed, or gone since it was listed
             continue
-        shown.append(_describe(spec))
+        # Under the id that was checked (a symlink's own name, not its target's), so that
+        # a client asking for it is let through.
+        shown.append(_describe(spec, model_id))
     return jsonify(ModelList(data=shown).model_dump(mode="json"))
 
 
@@ -43,20 +45,22 @@ def get_model(model_id: str):
     spec = parsing.model_spec(model_id)
     if models.cache.peek(spec) is None:
         run_off_hub(models.check_available, spec)  # a 404 for a model that is nowhere
-    return jsonify(_describe(spec).model_dump(mode="json"))
+    shown = "/".join(part for part in model_id.split("/") if part)  # as resolve reads it
+    return jsonify(_describe(spec, shown).model_dump(mode="json"))
 
 
-def _describe(spec: ModelSpec) -> Model:
+def _describe(spec: ModelSpec, model_id: str) -> Model:
+    """`spec` as OpenAI's model object, under `model_id`: the name the client uses."""
     created = 0
     if spec.local:
         try:
             created = int((Path(spec.source) / "config.json").stat().st_mtime)
         except OSError:
             pass
-    if spec.model_id.startswith(DEMO_PREFIX) and spec.local:
+    if model_id.startswith(DEMO_PREFIX) and spec.local:
         owner = "llmviz"
     elif spec.local:
         owner = "local"
     else:
-        owner = spec.model_id.split("/")[0] if "/" in spec.model_id else "huggingface"
-    return Model(id=spec.model_id, created=created, owned_by=owner)
+        owner = model_id.split("/")[0] if "/" in model_id else "huggingface"
+    return Model(id=model_id, created=created, owned_by=owner)
