@@ -11,7 +11,7 @@ from app.web import parsing, requestlog
 from app.web.answers import DetokenizeResponse, TokenizeResponse
 from app.web.bodies import DetokenizeRequest, TokenizeRequest
 from app.web.docs import documented
-from app.web.shaping import reply
+from app.web.large import reply_off_hub
 
 bp = Blueprint("tokens", __name__)
 
@@ -24,15 +24,17 @@ def tokenize():
     lm = models.cache.get(parsing.model_spec(body.model_id))
     tokens = run_off_hub(prompts.tokenize, lm, parsing.prompt_input(body))
     requestlog.record().update(model=lm.model_id, prompt_tokens=len(tokens.ids))
-    return reply(
-        TokenizeResponse(
-            token_ids=tokens.ids,
-            tokens=tokens.pieces,
-            count=len(tokens.ids),
-            offsets=tokens.offsets,
-            special=tokens.special,
-            prompt=tokens.prompt if body.messages is not None else None,
-        )
+    # TokenizeResponse's fields as plain values: validating megabytes of our own lists
+    # would hold the GIL for most of a second (see app/web/large.py).
+    return reply_off_hub(
+        lambda: {
+            "token_ids": tokens.ids,
+            "tokens": tokens.pieces,
+            "count": len(tokens.ids),
+            "offsets": tokens.offsets,
+            "special": tokens.special,
+            "prompt": tokens.prompt if body.messages is not None else None,
+        }
     )
 
 
@@ -43,5 +45,7 @@ def detokenize():
     body = parsing.read_body(DetokenizeRequest)
     lm = models.cache.get(parsing.model_spec(body.model_id))
     requestlog.record()["model"] = lm.model_id
-    text = prompts.detokenize(lm, body.token_ids, body.skip_special_tokens)
-    return reply(DetokenizeResponse(text=text))
+    # As many ids as the body holds: decoded off the hub.
+    return reply_off_hub(
+        lambda: {"text": prompts.detokenize(lm, body.token_ids, body.skip_special_tokens)}
+    )
