@@ -91,8 +91,9 @@ def seed_generator(generator: torch.Generator, seed: int) -> None:
     every word makes the streams differ from the first draw on, not just at a few places.
     A seed below 2**32 is left as `manual_seed(seed)` made it: its stream is the same as
     before this scheme. The scheme is fixed here, so a seed's stream only changes if
-    torch's generator does. CUDA's Philox generator keys on the full 64-bit seed:
-    `manual_seed` alone.
+    torch's generator does. On CUDA, `manual_seed` alone: torch's Philox generator there
+    keeps the whole 64-bit seed as its key (CUDAGeneratorImpl); no GPU has run this check
+    (tests/unit/engine/test_param_faults.py's cuda case skips without one).
 
     Raises:
         ValueError: a seed outside [0, 2**64).
