@@ -39,6 +39,8 @@ def begin_shutdown(grace_seconds: float) -> None:
     requests that still reach this worker are refused before any work starts.
     """
     global _stopping
+    if _stopping:  # a second SIGTERM (from the arbiter and from `pkill`, say): one drain
+        return
     _stopping = True
     margin = min(2.0, grace_seconds / 2)
     _background.append(spawn(_drain_later, grace_seconds - margin))
