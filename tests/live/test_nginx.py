@@ -473,6 +473,14 @@ def test_rolling_restart_under_load(replicas):
         # Traffic flows on both replicas before the first restart: some finished requests.
         wait_for(lambda: finished_after(began) >= 40, timeout=60, message="40 requests")
         for index, name in ((0, "A"), (1, "B")):
+            # Stop it while it has work (the drain is what this test is about): requests last
+            # ~0.2 s, and once in CI none was on B at the moment it was told to stop.
+            wait_for(
+                lambda index=index: replicas.live[index].stats("tiny-gpt2")["active"] > 0,
+                timeout=20,
+                interval=0.005,
+                message=f"replica {name} to be generating",
+            )
             events[f"{name} SIGTERM"] = time.monotonic()
             old = replicas.terminate(index)
             code = old.proc.wait(timeout=45)
