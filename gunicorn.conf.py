@@ -7,7 +7,7 @@ import signal
 import sys
 import tempfile
 
-bind = "0.0.0.0:8000"
+bind = "127.0.0.1:8000"  # loopback: exposing it is a choice (docs/operations.md)
 # gevent: thousands of idle or streaming connections per worker. Torch runs on the
 # engine's own OS threads, so the hub stays free to answer other requests.
 worker_class = "gevent"

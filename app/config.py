@@ -109,7 +109,7 @@ class Settings:
             _check_key(key, "LLMVIZ_API_KEYS")
 
     def all_api_keys(self) -> tuple[str, ...]:
-        """Keys from LLMVIZ_API_KEYS and LLMVIZ_API_KEYS_FILE (README, "API keys": the format).
+        """Keys from LLMVIZ_API_KEYS and LLMVIZ_API_KEYS_FILE (the format: docs/operations.md).
 
         Raises:
             ValueError: the file cannot be read, is not UTF-8, holds a line that is neither
@@ -142,7 +142,7 @@ def _check_key(key: str, source: str) -> None:
 
 
 def read_keys_file(path: Path) -> list[str]:
-    """The keys in a keys file, read exactly as README's "API keys" paragraph defines it.
+    """The keys in a keys file, read exactly as docs/operations.md's "API keys" defines it.
 
     UTF-8, with or without a byte order mark (Notepad and PowerShell write one); lines end
     with LF, CRLF or CR; spaces and tabs around a line are not part of it; a blank line or

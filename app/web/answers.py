@@ -142,7 +142,7 @@ class UnloadResponse(_Out):
 
 
 class Architecture(_Out):
-    """A model's normalized architecture (the README explains every field)."""
+    """A model's normalized architecture (docs/api.md explains every field)."""
 
     architecture: str | None
     family: str
@@ -231,7 +231,7 @@ class ResidNormsPart(_Out):
 
 
 class InspectResponse(_Out):
-    """POST /inspect (the README explains every part)."""
+    """POST /inspect (docs/api.md explains every part)."""
 
     model_id: str
     token_ids: list[int]

@@ -2,7 +2,7 @@
 
 For each family (tests/support/tokenizer_families.py) and each hard string:
 - /tokenize's non-special `tokens` join to the decoded text, which /detokenize gives;
-- `prompt[start:end] == tokens[i]`, but for the exceptions the README names;
+- `prompt[start:end] == tokens[i]`, but for the exceptions docs/api.md names;
 - /detokenize of the ids gives back the prompt, but for the tokenizers that change it;
 - a generation's stream, its /generate answer and /detokenize of its ids agree.
 """
@@ -118,7 +118,7 @@ def _partial(tokenizer, ids, index):
 
 
 def _check_token(family, prompt, body, index, tokenizer):
-    """The README's rule for `offsets[index]`."""
+    """docs/api.md's rule for `offsets[index]`."""
     ids, tokens, special = body["token_ids"], body["tokens"], body["special"]
     start, end = body["offsets"][index]
     piece, seen = tokens[index], prompt[start:end]
@@ -134,7 +134,7 @@ def _check_token(family, prompt, body, index, tokenizer):
 
 
 def _reads_as(family, seen, piece, after_special):
-    """The README's exceptions to `prompt[start:end] == tokens[i]`."""
+    """docs/api.md's exceptions to `prompt[start:end] == tokens[i]`."""
     if family in INSERTS_SPACE_AFTER_SPECIALS and after_special and piece == " " + seen:
         return True  # legacy SentencePiece puts "▁" in front of the text after a special token
     if family in METASPACE and seen.replace("\u2581", " ") == piece:
@@ -316,7 +316,7 @@ GENERATION_PROMPTS = ["Hello world", " leading space", "\nfoo", "a 🦙 Ω  two 
 def test_random_models_stream_what_detokenize_reads(served, family, prompt, sampling):
     """Tiny random models of each family: whatever they say, the three texts agree.
 
-    Except inside a run of byte-fallback tokens that is not UTF-8 (see the README).
+    Except inside a run of byte-fallback tokens that is not UTF-8 (see docs/api.md).
     """
     body = {"model_id": family, "prompt": prompt, "max_new_tokens": 16, "ignore_eos": True}
     answer, streamed = _generation(served, {**body, **sampling})

@@ -146,7 +146,7 @@ def test_a_blank_keys_setting_means_no_keys(model_root):
 
 
 # A credentials file read so that what the operator wrote is not what is enforced
-# (hermes-agent #65123): the file format is README's "API keys" paragraph, rule by rule.
+# (hermes-agent #65123): the file format is docs/operations.md's "API keys", rule by rule.
 
 
 def _keys_in(tmp_path, data: bytes) -> tuple[str, ...]:
