@@ -69,7 +69,10 @@ class Settings:
         raws: dict[str, str] = {}  # the text each setting was given, where it was text
         for field_name, default in defaults.items():
             name = "LLMVIZ_" + field_name.upper()
-            if name in env:
+            # Empty is unset, for every setting: `LLMVIZ_X=` in a compose file or a
+            # systemd EnvironmentFile must not turn the hub off, allow no origin, or stop
+            # startup on a number; it means "not given".
+            if env.get(name, "").strip():
                 values[field_name] = _parse(name, env[name], default)
                 raws[field_name] = env[name]
         unknown = sorted(set(overrides) - set(defaults))
@@ -124,7 +127,7 @@ class Settings:
 
 # Settings that, once given a value, restrict who may do what. Given a value that yields
 # nothing, they would silently restrict nothing (agentfield #424): `from_env` refuses that.
-# A blank value is the variable left empty, which means unset for every setting.
+# A blank value is the variable left empty, which means unset for every setting (from_env).
 _RESTRICTIONS = {"api_keys": "key", "model_allowlist": "model id or pattern"}
 
 # What a key may hold: visible ASCII (what any client can put in a header), but no comma

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,11 @@ def test_an_allowlist_that_names_no_model_stops_startup(raw):
         Settings.from_env({"LLMVIZ_MODEL_ALLOWLIST": raw})
     with pytest.raises(ValueError, match="LLMVIZ_MODEL_ALLOWLIST is set but names no model"):
         create_app({"model_allowlist": raw})
+
+
+@pytest.mark.parametrize("field", [f.name for f in fields(Settings)])
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_an_empty_variable_is_unset_for_every_setting(field, blank):
+    """`LLMVIZ_X=` (compose, systemd EnvironmentFile) means "not given": the default holds."""
+    settings = Settings.from_env({"LLMVIZ_" + field.upper(): blank})
+    assert getattr(settings, field) == getattr(Settings(), field)
