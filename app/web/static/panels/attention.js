@@ -11,9 +11,14 @@ import { h, visible } from "../dom.js";
 import { block, decodeTensor } from "../tensors.js";
 
 const LABELLED = 40; // up to this many tokens, the heatmap names them on its axes
+const TICKS = 24; // beyond that, its axes number positions: one every ~1/TICKS of the side
 const MASKED = [242, 242, 242, 255]; // future keys, which a causal model never attends to
 const UNKNOWN = [204, 204, 204, 255]; // rows not received yet
+// The lines view fits its rows into the box's height (600 px, viewer.css) down to this
+// height per row; more rows than that scroll, and the note says so.
 const LINE_ROW = 16;
+const LINE_ROW_MIN = 10;
+const LINES_HEIGHT = 600;
 
 export class AttentionPanel {
   constructor(root, { onNeedLayer, onChange }) {
@@ -26,6 +31,7 @@ export class AttentionPanel {
     this.heatmap = root.querySelector("[data-testid=attention]");
     this.lines = root.querySelector(".lines");
     this.readout = root.querySelector(".readout");
+    this.note = root.querySelector(".heatmap-note");
     this.onNeedLayer = onNeedLayer;
     this.reset([], []);
     const redraw = () => {
@@ -83,6 +89,11 @@ export class AttentionPanel {
     const agree = this.ids?.slice(0, shared).every((id, i) => id === ids[i]);
     if (!agree) this.rows = new Map();
     for (const rows of this.rows.values()) rows.length = Math.min(rows.length, ids.length);
+    if (!agree || (this.cursor && this.cursor.q >= ids.length)) {
+      // The readout names positions of the old sequence: "Query 43" means nothing now.
+      this.cursor = null;
+      this.readout.textContent = "";
+    }
     this.ids = [...ids];
     this.labels = [...labels];
     this.complete = new Set(); // layers whose every row came from /inspect of `ids`
@@ -173,6 +184,21 @@ export class AttentionPanel {
         (from === "inspect" ? `from /inspect (${this.format}).` : "live rows from the stream.");
     if (lines) this.#drawLines(rows);
     else this.#drawHeatmap(rows, from);
+    this.note.textContent = this.#note(lines, n);
+    this.note.hidden = !this.note.textContent;
+  }
+
+  /** What the drawing leaves out, and how to read it anyway. */
+  #note(lines, n) {
+    if (!lines && n > LABELLED) {
+      return `Over ${LABELLED} tokens the axes number positions instead of naming tokens: ` +
+        "hover a cell, or focus the map and use the arrow keys, to read its tokens.";
+    }
+    if (lines && this.layout?.scrolls) {
+      return `The ${n} rows are taller than the view: scroll it for the rest, or focus it ` +
+        "and use the arrow keys.";
+    }
+    return "";
   }
 
   #drawHeatmap(rows, from) {
@@ -215,7 +241,7 @@ export class AttentionPanel {
   #paintHeatmap() {
     const n = this.heatmap.matrix.size;
     const side = Math.min(this.heatmap.parentElement.clientWidth || 480, 560);
-    const margin = n && n <= LABELLED ? 64 : 0;
+    const margin = !n ? 0 : n <= LABELLED ? 64 : 34;
     const cell = n ? (side - margin) / n : 0;
     const ctx = fit(this.heatmap, side, side);
     this.layout = { margin, cell, n };
@@ -224,7 +250,8 @@ export class AttentionPanel {
     ctx.drawImage(this.bitmap, margin, margin, cell * n, cell * n);
     const values = this.heatmap.matrix.values;
     ctx.font = "11px ui-monospace, monospace";
-    if (margin) {
+    if (n > LABELLED) this.#positionTicks(ctx, margin, cell, n);
+    else if (margin) {
       ctx.fillStyle = "#222";
       ctx.textBaseline = "middle";
       ctx.textAlign = "right";
@@ -259,23 +286,46 @@ export class AttentionPanel {
     }
   }
 
+  /** Position numbers along both axes of a heatmap too dense to name its tokens. */
+  #positionTicks(ctx, margin, cell, n) {
+    const step = niceStep(n / TICKS);
+    ctx.fillStyle = "#222";
+    ctx.font = "10px ui-monospace, monospace";
+    for (let i = 0; i < n; i += step) {
+      const at = margin + (i + 0.5) * cell;
+      ctx.textBaseline = "middle";
+      ctx.textAlign = "right";
+      ctx.fillText(String(i), margin - 3, at);
+      ctx.textAlign = "center";
+      ctx.textBaseline = "bottom";
+      ctx.fillText(String(i), at, margin - 3);
+    }
+  }
+
   #drawLines(rows) {
     const n = rows.length;
     const width = Math.min(this.lines.parentElement.clientWidth || 480, 560);
-    const ctx = fit(this.lines, width, n * LINE_ROW + 8);
+    // As tall as the box allows: every row shows without scrolling, up to LINES_HEIGHT.
+    const row = Math.max(LINE_ROW_MIN, Math.min(LINE_ROW, (LINES_HEIGHT - 8) / Math.max(n, 1)));
+    const ctx = fit(this.lines, width, n * row + 8);
     const left = width * 0.32;
     const right = width * 0.68;
-    const y = (i) => 4 + (i + 0.5) * LINE_ROW;
+    const y = (i) => 4 + (i + 0.5) * row;
     const k = Math.max(1, Number(this.kInput.value) || 3);
     const focus = this.cursor?.q;
-    ctx.font = "12px ui-monospace, monospace";
+    const alphas = [];
+    ctx.font = `${Math.min(12, row - 2)}px ui-monospace, monospace`;
     ctx.textBaseline = "middle";
     for (let q = 0; q < n; q++) {
       if (!rows[q]) continue;
-      const strength = focus === undefined || focus === q ? 1 : 0.15;
+      // Opacity by √weight, as the heatmap's colour, from a floor that stays visible on
+      // white; with a token picked, the other tokens' lines step back.
+      const strength = focus === undefined || focus === q ? 1 : 0.3;
       for (const [key, w] of strongest(rows[q], this.head, q, k)) {
-        ctx.strokeStyle = `rgba(49, 104, 142, ${Math.min(1, w * strength + 0.03)})`;
-        ctx.lineWidth = focus === q ? 2.5 : 1.5;
+        const alpha = strength * (0.3 + 0.7 * Math.sqrt(Math.max(w, 0)));
+        alphas.push(alpha);
+        ctx.strokeStyle = `rgba(49, 104, 142, ${alpha.toFixed(3)})`;
+        ctx.lineWidth = (focus === q ? 2.5 : 1.2) + 1.5 * w;
         ctx.beginPath();
         ctx.moveTo(left + 4, y(q));
         ctx.lineTo(right - 4, y(key));
@@ -290,7 +340,8 @@ export class AttentionPanel {
       ctx.textAlign = "left";
       ctx.fillText(label, right, y(i));
     }
-    this.layout = { rows: n };
+    this.lines.alphas = alphas; // what the tests read back: each drawn line's opacity
+    this.layout = { rows: n, row, scrolls: n * row + 8 > LINES_HEIGHT };
   }
 
   #heatmapCell(x, y) {
@@ -302,7 +353,7 @@ export class AttentionPanel {
   }
 
   #lineOf(x, y) {
-    const q = Math.floor((y - 4) / LINE_ROW);
+    const q = Math.floor((y - 4) / (this.layout?.row ?? LINE_ROW));
     return q >= 0 && q < (this.layout?.rows ?? 0) ? { q, k: q } : null;
   }
 
@@ -374,4 +425,11 @@ function fit(canvas, width, height) {
   const ctx = canvas.getContext("2d");
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   return ctx;
+}
+
+/** A round step (1, 2, 5, 10, 20, 50, ...) of at least `raw`. */
+function niceStep(raw) {
+  for (let power = 1; ; power *= 10) {
+    for (const unit of [1, 2, 5]) if (unit * power >= raw) return unit * power;
+  }
 }
