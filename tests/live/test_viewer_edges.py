@@ -7,6 +7,7 @@ Each test reproduces what a user met; screenshots of the visual ones go to tests
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -26,9 +27,11 @@ from tests.live.test_viewer import (
     TOKENS,
     _wait,
 )
-from tests.support.server import wait_for
+from tests.support import nginx
+from tests.support.server import REPO, wait_for
 
 pytestmark = pytest.mark.browser
+URL_STATE = REPO / "app" / "web" / "static" / "url-state.js"
 
 READY = "!document.querySelector('[data-testid=generate]').disabled"
 INSPECTED = f"document.querySelector('{ATTENTION}').dataset.source === 'inspect'"
@@ -369,3 +372,22 @@ def test_10_the_model_status_says_what_its_memory_figure_counts(tab, server):
     status = tab.text_content(".model-status")
     assert f"weights {n_params * 4 / 1e6:.1f} MB" in status and "× 4 bytes" in status
     assert "of tensors in memory" in status
+
+
+def test_the_link_budget_fits_gunicorn_and_the_shipped_nginx(server):
+    """The page's longest link (url-state.js's URL_BUDGET) loads directly and through nginx.
+
+    Measured: gunicorn takes a request target of up to 4,081 bytes (a 4,094-byte request
+    line), and nginx with deploy/nginx.conf passes on what gunicorn takes.
+    """
+    budget = int(re.search(r"URL_BUDGET = (\d+)", URL_STATE.read_text())[1])
+    target = "/?model=tiny-gpt2&prompt=" + "x" * (budget - len("/?model=tiny-gpt2&prompt="))
+    assert len(target) == budget
+    assert requests.get(server.url(target), timeout=30).status_code == 200
+    if not nginx.installed():
+        pytest.skip("nginx is not installed")
+    proxy = nginx.Nginx([f"127.0.0.1:{server.port}"]).start()
+    try:
+        assert requests.get(proxy.url(target), timeout=30).status_code == 200
+    finally:
+        proxy.stop()
