@@ -9,16 +9,12 @@
 import { viridis } from "../colors.js";
 import { h, visible } from "../dom.js";
 import { block, decodeTensor } from "../tensors.js";
+import { drawLines, fit, LINE_ROW, strongest } from "./attention-lines.js";
 
 const LABELLED = 40; // up to this many tokens, the heatmap names them on its axes
 const TICKS = 24; // beyond that, its axes number positions: one every ~1/TICKS of the side
 const MASKED = [242, 242, 242, 255]; // future keys, which a causal model never attends to
 const UNKNOWN = [204, 204, 204, 255]; // rows not received yet
-// The lines view fits its rows into the box's height (600 px, viewer.css) down to this
-// height per row; more rows than that scroll, and the note says so.
-const LINE_ROW = 16;
-const LINE_ROW_MIN = 10;
-const LINES_HEIGHT = 600;
 
 export class AttentionPanel {
   constructor(root, { onNeedLayer, onChange }) {
@@ -303,45 +299,9 @@ export class AttentionPanel {
   }
 
   #drawLines(rows) {
-    const n = rows.length;
-    const width = Math.min(this.lines.parentElement.clientWidth || 480, 560);
-    // As tall as the box allows: every row shows without scrolling, up to LINES_HEIGHT.
-    const row = Math.max(LINE_ROW_MIN, Math.min(LINE_ROW, (LINES_HEIGHT - 8) / Math.max(n, 1)));
-    const ctx = fit(this.lines, width, n * row + 8);
-    const left = width * 0.32;
-    const right = width * 0.68;
-    const y = (i) => 4 + (i + 0.5) * row;
     const k = Math.max(1, Number(this.kInput.value) || 3);
     const focus = this.cursor?.q;
-    const alphas = [];
-    ctx.font = `${Math.min(12, row - 2)}px ui-monospace, monospace`;
-    ctx.textBaseline = "middle";
-    for (let q = 0; q < n; q++) {
-      if (!rows[q]) continue;
-      // Opacity by √weight, as the heatmap's colour, from a floor that stays visible on
-      // white; with a token picked, the other tokens' lines step back.
-      const strength = focus === undefined || focus === q ? 1 : 0.3;
-      for (const [key, w] of strongest(rows[q], this.head, q, k)) {
-        const alpha = strength * (0.3 + 0.7 * Math.sqrt(Math.max(w, 0)));
-        alphas.push(alpha);
-        ctx.strokeStyle = `rgba(49, 104, 142, ${alpha.toFixed(3)})`;
-        ctx.lineWidth = (focus === q ? 2.5 : 1.2) + 1.5 * w;
-        ctx.beginPath();
-        ctx.moveTo(left + 4, y(q));
-        ctx.lineTo(right - 4, y(key));
-        ctx.stroke();
-      }
-    }
-    for (let i = 0; i < n; i++) {
-      const label = visible(this.labels[i] ?? "").slice(0, 16);
-      ctx.fillStyle = focus === i ? "#000" : "#333";
-      ctx.textAlign = "right";
-      ctx.fillText(label, left, y(i));
-      ctx.textAlign = "left";
-      ctx.fillText(label, right, y(i));
-    }
-    this.lines.alphas = alphas; // what the tests read back: each drawn line's opacity
-    this.layout = { rows: n, row, scrolls: n * row + 8 > LINES_HEIGHT };
+    this.layout = drawLines(this.lines, rows, { labels: this.labels, head: this.head, k, focus });
   }
 
   #heatmapCell(x, y) {
@@ -405,26 +365,6 @@ export class AttentionPanel {
     if (this.view === "lines") this.#drawLines(rows);
     else this.#paintHeatmap();
   }
-}
-
-/** The `k` largest weights of one row of one head, as [key, weight], largest first. */
-function strongest(row, head, q, k) {
-  const weights = row.subarray(head * (q + 1), (head + 1) * (q + 1));
-  const keys = Array.from(weights.keys());
-  keys.sort((a, b) => weights[b] - weights[a]);
-  return keys.slice(0, k).map((key) => [key, weights[key]]);
-}
-
-/** Size a canvas for the screen's pixel density; returns its context in CSS pixels. */
-function fit(canvas, width, height) {
-  const ratio = window.devicePixelRatio || 1;
-  canvas.width = Math.round(width * ratio);
-  canvas.height = Math.round(height * ratio);
-  canvas.style.width = `${width}px`;
-  canvas.style.height = `${height}px`;
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-  return ctx;
 }
 
 /** A round step (1, 2, 5, 10, 20, 50, ...) of at least `raw`. */
