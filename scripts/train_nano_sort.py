@@ -136,6 +136,10 @@ def build_config() -> GPT2Config:
         pad_token_id=None,
         # minGPT (and so llm-viz) gives the LM head its own matrix rather than reusing wte.
         tie_word_embeddings=False,
+        # Read by the built-in viewer (through GET /models/config's raw_config): the prompt it
+        # puts in the box when a prompt there is one this 3-letter tokenizer cannot read.
+        llmviz_example_prompt="CBABBC",
+        llmviz_prompt_hint="six letters, each A, B or C (no spaces); it writes them back in order",
     )
 
 

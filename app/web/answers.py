@@ -35,6 +35,11 @@ class TokenizeResponse(_Out):
     offsets: list[list[int]] = Field(description="[start, end) characters of the prompt.")
     special: list[bool]
     prompt: str | None = Field(description="The rendered chat, for `messages`; else null.")
+    bos_token_id: int | None = Field(
+        None,
+        description="The token generation starts from when the prompt has no tokens "
+        "(the tokenizer's BOS); null when the model has none, and an empty prompt is refused.",
+    )
 
 
 class DetokenizeResponse(_Out):

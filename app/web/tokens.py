@@ -34,6 +34,7 @@ def tokenize():
             "offsets": tokens.offsets,
             "special": tokens.special,
             "prompt": tokens.prompt if body.messages is not None else None,
+            "bos_token_id": lm.tokenizer.bos_token_id,
         }
     )
 

@@ -89,3 +89,12 @@ def test_detokenize_keeps_specials_when_asked(client):
     ids = client.post("/tokenize", json={"model_id": "tiny-llama", "prompt": "Hi"}).get_json()
     body = {"model_id": "tiny-llama", "token_ids": ids["token_ids"], "skip_special_tokens": False}
     assert client.post("/detokenize", json=body).get_json()["text"] == "<s> Hi"
+
+
+@pytest.mark.parametrize("name", MODEL_IDS)
+def test_tokenize_names_the_token_an_empty_prompt_starts_from(client, tokenizers, name):
+    # The viewer shows attention of exactly what the model saw: from an empty prompt that
+    # is this token, which /generate starts from (prompts.encode).
+    body = client.post("/tokenize", json={"model_id": name, "prompt": ""}).get_json()
+    assert body["bos_token_id"] == tokenizers[name].bos_token_id
+    assert body["bos_token_id"] is not None

@@ -9,11 +9,12 @@
 import { viridis } from "../colors.js";
 import { h, visible } from "../dom.js";
 import { block, decodeTensor } from "../tensors.js";
+import { drawLines, fit, LINE_ROW, strongest } from "./attention-lines.js";
 
 const LABELLED = 40; // up to this many tokens, the heatmap names them on its axes
+const TICKS = 24; // beyond that, its axes number positions: one every ~1/TICKS of the side
 const MASKED = [242, 242, 242, 255]; // future keys, which a causal model never attends to
 const UNKNOWN = [204, 204, 204, 255]; // rows not received yet
-const LINE_ROW = 16;
 
 export class AttentionPanel {
   constructor(root, { onNeedLayer, onChange }) {
@@ -26,6 +27,7 @@ export class AttentionPanel {
     this.heatmap = root.querySelector("[data-testid=attention]");
     this.lines = root.querySelector(".lines");
     this.readout = root.querySelector(".readout");
+    this.note = root.querySelector(".heatmap-note");
     this.onNeedLayer = onNeedLayer;
     this.reset([], []);
     const redraw = () => {
@@ -83,6 +85,11 @@ export class AttentionPanel {
     const agree = this.ids?.slice(0, shared).every((id, i) => id === ids[i]);
     if (!agree) this.rows = new Map();
     for (const rows of this.rows.values()) rows.length = Math.min(rows.length, ids.length);
+    if (!agree || (this.cursor && this.cursor.q >= ids.length)) {
+      // The readout names positions of the old sequence: "Query 43" means nothing now.
+      this.cursor = null;
+      this.readout.textContent = "";
+    }
     this.ids = [...ids];
     this.labels = [...labels];
     this.complete = new Set(); // layers whose every row came from /inspect of `ids`
@@ -173,6 +180,21 @@ export class AttentionPanel {
         (from === "inspect" ? `from /inspect (${this.format}).` : "live rows from the stream.");
     if (lines) this.#drawLines(rows);
     else this.#drawHeatmap(rows, from);
+    this.note.textContent = this.#note(lines, n);
+    this.note.hidden = !this.note.textContent;
+  }
+
+  /** What the drawing leaves out, and how to read it anyway. */
+  #note(lines, n) {
+    if (!lines && n > LABELLED) {
+      return `Over ${LABELLED} tokens the axes number positions instead of naming tokens: ` +
+        "hover a cell, or focus the map and use the arrow keys, to read its tokens.";
+    }
+    if (lines && this.layout?.scrolls) {
+      return `The ${n} rows are taller than the view: scroll it for the rest, or focus it ` +
+        "and use the arrow keys.";
+    }
+    return "";
   }
 
   #drawHeatmap(rows, from) {
@@ -215,7 +237,7 @@ export class AttentionPanel {
   #paintHeatmap() {
     const n = this.heatmap.matrix.size;
     const side = Math.min(this.heatmap.parentElement.clientWidth || 480, 560);
-    const margin = n && n <= LABELLED ? 64 : 0;
+    const margin = !n ? 0 : n <= LABELLED ? 64 : 34;
     const cell = n ? (side - margin) / n : 0;
     const ctx = fit(this.heatmap, side, side);
     this.layout = { margin, cell, n };
@@ -224,7 +246,8 @@ export class AttentionPanel {
     ctx.drawImage(this.bitmap, margin, margin, cell * n, cell * n);
     const values = this.heatmap.matrix.values;
     ctx.font = "11px ui-monospace, monospace";
-    if (margin) {
+    if (n > LABELLED) this.#positionTicks(ctx, margin, cell, n);
+    else if (margin) {
       ctx.fillStyle = "#222";
       ctx.textBaseline = "middle";
       ctx.textAlign = "right";
@@ -259,38 +282,26 @@ export class AttentionPanel {
     }
   }
 
+  /** Position numbers along both axes of a heatmap too dense to name its tokens. */
+  #positionTicks(ctx, margin, cell, n) {
+    const step = niceStep(n / TICKS);
+    ctx.fillStyle = "#222";
+    ctx.font = "10px ui-monospace, monospace";
+    for (let i = 0; i < n; i += step) {
+      const at = margin + (i + 0.5) * cell;
+      ctx.textBaseline = "middle";
+      ctx.textAlign = "right";
+      ctx.fillText(String(i), margin - 3, at);
+      ctx.textAlign = "center";
+      ctx.textBaseline = "bottom";
+      ctx.fillText(String(i), at, margin - 3);
+    }
+  }
+
   #drawLines(rows) {
-    const n = rows.length;
-    const width = Math.min(this.lines.parentElement.clientWidth || 480, 560);
-    const ctx = fit(this.lines, width, n * LINE_ROW + 8);
-    const left = width * 0.32;
-    const right = width * 0.68;
-    const y = (i) => 4 + (i + 0.5) * LINE_ROW;
     const k = Math.max(1, Number(this.kInput.value) || 3);
     const focus = this.cursor?.q;
-    ctx.font = "12px ui-monospace, monospace";
-    ctx.textBaseline = "middle";
-    for (let q = 0; q < n; q++) {
-      if (!rows[q]) continue;
-      const strength = focus === undefined || focus === q ? 1 : 0.15;
-      for (const [key, w] of strongest(rows[q], this.head, q, k)) {
-        ctx.strokeStyle = `rgba(49, 104, 142, ${Math.min(1, w * strength + 0.03)})`;
-        ctx.lineWidth = focus === q ? 2.5 : 1.5;
-        ctx.beginPath();
-        ctx.moveTo(left + 4, y(q));
-        ctx.lineTo(right - 4, y(key));
-        ctx.stroke();
-      }
-    }
-    for (let i = 0; i < n; i++) {
-      const label = visible(this.labels[i] ?? "").slice(0, 16);
-      ctx.fillStyle = focus === i ? "#000" : "#333";
-      ctx.textAlign = "right";
-      ctx.fillText(label, left, y(i));
-      ctx.textAlign = "left";
-      ctx.fillText(label, right, y(i));
-    }
-    this.layout = { rows: n };
+    this.layout = drawLines(this.lines, rows, { labels: this.labels, head: this.head, k, focus });
   }
 
   #heatmapCell(x, y) {
@@ -302,7 +313,7 @@ export class AttentionPanel {
   }
 
   #lineOf(x, y) {
-    const q = Math.floor((y - 4) / LINE_ROW);
+    const q = Math.floor((y - 4) / (this.layout?.row ?? LINE_ROW));
     return q >= 0 && q < (this.layout?.rows ?? 0) ? { q, k: q } : null;
   }
 
@@ -356,22 +367,9 @@ export class AttentionPanel {
   }
 }
 
-/** The `k` largest weights of one row of one head, as [key, weight], largest first. */
-function strongest(row, head, q, k) {
-  const weights = row.subarray(head * (q + 1), (head + 1) * (q + 1));
-  const keys = Array.from(weights.keys());
-  keys.sort((a, b) => weights[b] - weights[a]);
-  return keys.slice(0, k).map((key) => [key, weights[key]]);
-}
-
-/** Size a canvas for the screen's pixel density; returns its context in CSS pixels. */
-function fit(canvas, width, height) {
-  const ratio = window.devicePixelRatio || 1;
-  canvas.width = Math.round(width * ratio);
-  canvas.height = Math.round(height * ratio);
-  canvas.style.width = `${width}px`;
-  canvas.style.height = `${height}px`;
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-  return ctx;
+/** A round step (1, 2, 5, 10, 20, 50, ...) of at least `raw`. */
+function niceStep(raw) {
+  for (let power = 1; ; power *= 10) {
+    for (const unit of [1, 2, 5]) if (unit * power >= raw) return unit * power;
+  }
 }

@@ -81,6 +81,15 @@ export class GeneratePanel {
     this.note = note;
   }
 
+  /** No output: another model was picked. */
+  clear() {
+    this.#close();
+    this.tokens = [];
+    this.output.replaceChildren();
+    delete this.output.dataset.state;
+    this.status.textContent = "";
+  }
+
   /** One `token` event of the stream. */
   addToken(token) {
     const i = this.tokens.length;

@@ -10,6 +10,11 @@ export class LensPanel {
   constructor(root) {
     this.grid = root.querySelector("[data-testid=lens]");
     this.status = root.querySelector(".lens-status");
+    this.summary = "";
+    // A grid wider than its panel scrolls sideways inside it: the edges that hide columns
+    // fade (viewer.css), and the status says how to see them.
+    this.grid.addEventListener("scroll", () => this.#showOverflow(), { passive: true });
+    new ResizeObserver(() => this.#showOverflow()).observe(this.grid);
   }
 
   loading(count) {
@@ -70,7 +75,21 @@ export class LensPanel {
       ),
     );
     this.grid.dataset.state = "ready";
-    this.status.textContent = `${layers} layers × ${positions} positions.`;
+    this.summary = `${layers} layers × ${positions} positions.`;
+    this.#showOverflow();
+  }
+
+  #showOverflow() {
+    if (this.grid.dataset.state !== "ready") return;
+    const { scrollLeft, scrollWidth, clientWidth } = this.grid;
+    const wider = scrollWidth > clientWidth + 1;
+    this.grid.classList.toggle("more-left", wider && scrollLeft > 1);
+    this.grid.classList.toggle("more-right", wider && scrollLeft + clientWidth < scrollWidth - 1);
+    const shown = Math.round((clientWidth / scrollWidth) * 100);
+    this.status.textContent = wider
+      ? `${this.summary} The grid is wider than this panel (about ${shown}% shows): scroll it ` +
+        "sideways (Shift+wheel, or focus it and use the arrow keys) for the other positions."
+      : this.summary;
   }
 }
 

@@ -46,13 +46,49 @@ export class ModelPanel {
     this.picker.disabled = false;
   }
 
-  /** Where the model stands on the server: loaded or not, its work and memory. */
-  showStatus(listing, modelId) {
+  /**
+   * Where the model stands on the server: loaded or not, its weights and memory, its work.
+   * `memory_bytes` counts every tensor the server holds for the model, the oneDNN-packed
+   * copies of its linear layers among them, so the weights' own size comes from the config.
+   */
+  showStatus(listing, modelId, config = null) {
     const entry = listing?.loaded.find((m) => m.model_id === modelId);
-    this.status.textContent = entry
-      ? `Loaded on ${entry.device} (${entry.dtype}, ${(entry.memory_bytes / 1e6).toFixed(1)} MB): ` +
-        `${entry.active} generating, ${entry.queued} queued, ${entry.generated_tokens} tokens generated so far.`
-      : "Not loaded yet: the first request loads it.";
+    if (!entry) {
+      this.status.textContent = "Not loaded yet: the first request loads it.";
+      return;
+    }
+    const bytes = DTYPE_BYTES[entry.dtype];
+    const weights =
+      config?.n_params && bytes
+        ? `weights ${megabytes(config.n_params * bytes)} (${compact(config.n_params)} parameters × ` +
+          `${bytes} bytes); `
+        : "";
+    const packed = entry.packed_layers
+      ? `, with packed copies of ${entry.packed_layers} linear layers for oneDNN`
+      : "";
+    this.status.textContent =
+      `Loaded on ${entry.device} (${entry.dtype}): ${weights}` +
+      `${megabytes(entry.memory_bytes)} of tensors in memory${packed}. ` +
+      `${entry.active} generating, ${entry.queued} queued, ${entry.generated_tokens} tokens generated so far.`;
+  }
+
+  /**
+   * Ask GET /models again and show the model's line; returns the listing (null on failure).
+   * After a stream ends the server notices the closed connection only at its next token, so
+   * while the model still counts a job and `busy()` (a stream of ours) is false, ask again
+   * a few times, over about 5 s.
+   */
+  async refreshStatus(client, modelId, config, { signal, busy }) {
+    let listing = null;
+    for (const pause of [0, 150, 300, 600, 1200, 2400]) {
+      await new Promise((resolve) => setTimeout(resolve, pause));
+      if (signal.aborted || busy()) return listing;
+      listing = await client.models({ signal }).catch(() => null);
+      if (!listing || signal.aborted) return listing;
+      this.showStatus(listing, modelId, config);
+      if (!listing.loaded.find((m) => m.model_id === modelId)?.active) return listing;
+    }
+    return listing;
   }
 
   /** The architecture card and the layer diagram of `GET /models/config`'s answer. */
@@ -81,6 +117,12 @@ export class ModelPanel {
     this.diagram.replaceChildren();
     this.status.textContent = message;
   }
+}
+
+const DTYPE_BYTES = { float64: 8, float32: 4, float16: 2, bfloat16: 2, int8: 1, uint8: 1 };
+
+function megabytes(n) {
+  return `${(n / 1e6).toFixed(1)} MB`;
 }
 
 function compact(n) {

@@ -1,5 +1,6 @@
 // The error notice: what went wrong, in words for people. A 401 brings up a field for an API
 // key, a 503 counts down to its Retry-After, a 413 says the text is too long for this view.
+// Retry is offered only where sending the same request again can succeed.
 
 export class Notice {
   constructor(root, { onKey }) {
@@ -30,7 +31,7 @@ export class Notice {
     this.root.dataset.status = status;
     this.root.dataset.code = error.code ?? "";
     this.keyForm.hidden = status !== 401;
-    this.retryButton.hidden = !retry || status === 401;
+    this.retryButton.hidden = !retry || !retryable(error);
     this.retryButton.disabled = false;
     if (status === 401) {
       this.text.textContent = `This server needs an API key (${error.message}).`;
@@ -45,6 +46,9 @@ export class Notice {
       this.text.textContent = code ? `${error.message} (${code})` : error.message;
     }
     this.root.hidden = false;
+    // The notice sits above the panels, in the page's flow (a banner pinned over the page
+    // would cover the model picker): bring it into view when the page is scrolled past it.
+    if (this.root.getBoundingClientRect().top < 0) this.root.scrollIntoView({ block: "nearest" });
     if (status === 401) this.keyForm.elements.key.focus();
   }
 
@@ -72,4 +76,14 @@ export class Notice {
       if (left <= 0) clearInterval(this.countdown);
     }, 1000);
   }
+}
+
+/**
+ * Can the same request succeed if sent again? Yes for a server's trouble (5xx), a timeout,
+ * a rate limit, a dropped connection or a stream that failed midway (no HTTP status); no for
+ * the other 4xx: a 400 or 404 answers the request itself, and would answer it again.
+ */
+function retryable(error) {
+  const status = error.status ?? 0;
+  return status === 0 || status === 408 || status === 429 || status >= 500;
 }

@@ -10,6 +10,8 @@ export class PromptPanel {
     this.chips = root.querySelector("[data-testid=tokens]");
     this.count = root.querySelector(".token-count");
     this.detail = root.querySelector(".chip-detail");
+    this.expectation = root.querySelector(".prompt-expect");
+    this.linkNote = root.querySelector(".link-note");
     this.answer = null;
     this.textarea.addEventListener("input", () => {
       this.#mark(null);
@@ -70,6 +72,24 @@ export class PromptPanel {
     );
   }
 
+  /** What the model expects of a prompt ({text}, from its config), or null: nothing to say. */
+  expect(expectation) {
+    this.expectation.textContent = expectation?.text ?? "";
+    this.expectation.hidden = !expectation;
+  }
+
+  /** Say that the page replaced the prompt, and why. */
+  replaced(message) {
+    this.expectation.textContent = [this.expectation.textContent, message].filter(Boolean).join(" ");
+    this.expectation.hidden = false;
+  }
+
+  /** What the page's link leaves out of the prompt (link-note.js); "" hides the note. */
+  showLinkNote(text) {
+    this.linkNote.textContent = text;
+    this.linkNote.hidden = !text;
+  }
+
   clearTokens(message = "") {
     this.answer = null;
     this.chips.replaceChildren();
@@ -118,4 +138,20 @@ function utf16Offsets(text) {
   const units = [0];
   for (const character of text) units.push(units[units.length - 1] + character.length);
   return units;
+}
+
+/**
+ * What a model's config.json says about its prompts, {example, text}, or null: the demo
+ * models declare `llmviz_example_prompt` and `llmviz_prompt_hint` (nano-sort reads only A, B, C).
+ */
+export function expectation(modelId, config) {
+  const raw = config.raw_config ?? {};
+  const hint = raw.llmviz_prompt_hint;
+  const example = raw.llmviz_example_prompt;
+  if (!hint && !example) return null;
+  return {
+    example,
+    text: `${modelId} expects ${hint ?? "prompts like its example"}` +
+      (example ? `, for example ${JSON.stringify(example)}.` : "."),
+  };
 }
