@@ -52,6 +52,9 @@ class PayloadTooLarge(APIError):
 
 
 class Overloaded(APIError):
+    """Too much work waits: retry after `retry_after` whole seconds (the Retry-After header);
+    a full model queue sizes it from its backlog (app/engine/backlog.py)."""
+
     status, code = 503, "overloaded"
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
@@ -80,7 +83,7 @@ def translate(exc: Exception) -> APIError | None:
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, QueueFull):
-        return Overloaded(str(exc))
+        return Overloaded(str(exc), exc.retry_after)
     if isinstance(exc, TaskAbandoned):
         return ClientClosedRequest()
     return None
