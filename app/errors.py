@@ -41,6 +41,14 @@ class ModelNotAllowed(APIError):
 
 
 class ShuttingDown(APIError):
+    """This worker is draining (app/ops/lifecycle.py): its last seconds before it exits.
+
+    Retry-After 5: the worker is gone within 2 s. On a reload other workers already serve
+    and any retry works; on a stop, what answers next is a restarted replica (or another,
+    which nginx tries first), and a restart takes seconds (importing torch alone, several
+    on a small machine). 5 s, as nginx's own 502/503 pages in deploy/nginx.conf say.
+    """
+
     status, code = 503, "shutting_down"
 
     def __init__(self) -> None:
