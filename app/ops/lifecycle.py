@@ -42,8 +42,8 @@ def begin_shutdown(grace_seconds: float) -> None:
     gunicorn's gevent worker keeps accepting connections for up to a second after the
     signal (it closes its listener at its next check), and answers each request with
     `Connection: close`. On a reload (HUP), a scale-down (TTOU) or a new master taking
-    over (USR2, then WINCH) no other worker could have had those requests, so refusing
-    them was failing them. On a full stop each of a proxy's kept-alive connections brings
+    over (USR2, then TERM to the old one) no other worker could have had those requests:
+    refusing them failed them. On a full stop each of a proxy's kept-alive connections brings
     at most one more request, served before the deadline like those already running.
     Only from the drain on, when work here can no longer finish, is `draining()` true
     and every new request refused (`503 shutting_down`, before any work starts).
