@@ -41,6 +41,14 @@ class ModelNotAllowed(APIError):
 
 
 class ShuttingDown(APIError):
+    """This worker is draining (app/ops/lifecycle.py): its last seconds before it exits.
+
+    Retry-After 5: the worker is gone within 2 s. On a reload other workers already serve
+    and any retry works; on a stop, what answers next is a restarted replica (or another,
+    which nginx tries first), and a restart takes seconds (importing torch alone, several
+    on a small machine). 5 s, as nginx's own 502/503 pages in deploy/nginx.conf say.
+    """
+
     status, code = 503, "shutting_down"
 
     def __init__(self) -> None:
@@ -52,6 +60,9 @@ class PayloadTooLarge(APIError):
 
 
 class Overloaded(APIError):
+    """Too much work waits: retry after `retry_after` whole seconds (the Retry-After header);
+    a full model queue sizes it from its backlog (app/engine/backlog.py)."""
+
     status, code = 503, "overloaded"
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
@@ -80,7 +91,7 @@ def translate(exc: Exception) -> APIError | None:
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, QueueFull):
-        return Overloaded(str(exc))
+        return Overloaded(str(exc), exc.retry_after)
     if isinstance(exc, TaskAbandoned):
         return ClientClosedRequest()
     return None

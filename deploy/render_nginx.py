@@ -51,7 +51,7 @@ def render(
                 out.append(line)
             elif not out[-1].endswith("# rendered\n"):
                 indent = line[: len(line) - len(line.lstrip())]
-                options = " ".join(line.split()[2:]).rstrip(";")  # max_fails=... fail_timeout=...
+                options = " ".join(line.split()[2:]).rstrip(";")  # max_fails=0
                 for server in servers:
                     out.append(f"{indent}server {server} {options};  # rendered\n")
             continue

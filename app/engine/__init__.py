@@ -17,11 +17,11 @@ The contract, in one place:
 
 Modules: `worker` (the thread and its queue), `job` (one request's state),
 `running` (a group of running jobs: runs each round's plan), `plan` (what a round
-runs, as a value), `pace` (how much prompt a round takes), `isolation` (a failed
-part ends only its own jobs), `batch` (the KV-cache batch), `mixed` (mixed passes),
-`kvcache`, `sampling`, `stopping`, `decoding` (incremental detokenization),
-`attention`, `tensors` (the wire encoding of tensors) and `threads` (hand-offs
-between native threads and gevent).
+runs, as a value), `pace` (how much prompt a round takes), `backlog` (a full
+queue's Retry-After), `isolation` (a failed part ends only its own jobs), `batch`
+(the KV-cache batch), `mixed` (mixed passes), `kvcache`, `sampling`, `stopping`,
+`decoding` (incremental detokenization), `attention`, `tensors` (the wire encoding
+of tensors) and `threads` (hand-offs between native threads and gevent).
 """
 
 from app.engine.attention import HeadSelection

@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 
 import torch
 
+from app.engine.backlog import QueuePace
 from app.engine.contract import CausalLM, Tokenizer
 from app.engine.isolation import fail
 from app.engine.job import GenerationJob
@@ -39,11 +40,12 @@ class TaskAbandoned(RuntimeError):
 
 
 class QueueFull(RuntimeError):
-    """The worker already holds `max_queue` waiting jobs and tasks; retry later."""
+    """The worker already holds `max_queue` waiting jobs and tasks; retry in `retry_after` s."""
 
-    def __init__(self, max_queue: int) -> None:
+    def __init__(self, max_queue: int, retry_after: int = QueuePace.UNKNOWN_S) -> None:
         super().__init__(f"too much queued work for this model (LLMVIZ_MAX_QUEUE={max_queue})")
         self.max_queue = max_queue
+        self.retry_after = retry_after  # whole seconds: see QueuePace.retry_after
 
 
 _WAKE = object()  # put in the inbox so an idle worker looks at its task queue
@@ -130,6 +132,7 @@ class ModelWorker:
         self.queued = 0
         self.completed_jobs = 0
         self.last_finished = 0.0  # wall-clock time the last job ended
+        self._pace = QueuePace()  # when jobs and tasks end: sizes a refusal's Retry-After
         self.passes = PassCounters()
         self._finished_tokens = 0
         start_native_thread(self._serve)
@@ -151,7 +154,8 @@ class ModelWorker:
             if self._closed:
                 raise WorkerClosed
             if self.queued >= self._max_queue:
-                raise QueueFull(self._max_queue)
+                wait = self._pace.retry_after(self.queued, time.monotonic())
+                raise QueueFull(self._max_queue, wait)
             self.queued += 1
 
     def cancel_all(self, reason: str = "cancelled") -> None:
@@ -300,6 +304,8 @@ class ModelWorker:
             with self._lock:
                 self.queued -= 1
             task.run(self._model, self._tokenizer)
+            with self._lock:
+                self._pace.finished(time.monotonic())
 
     def _retire(self, job: GenerationJob) -> None:
         with self._lock:
@@ -307,6 +313,7 @@ class ModelWorker:
             self._finished_tokens += job.generated
             self.completed_jobs += 1
             self.last_finished = time.time()
+            self._pace.finished(time.monotonic())
 
     def _release(self) -> None:
         """Drop the model (this worker holds its only reference) and give its memory back."""

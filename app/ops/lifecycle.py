@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 _INTERVAL = 1.0  # seconds between housekeeping rounds
 _started = False
 _background: list = []  # greenlets to kill when the worker exits
-_stopping = False  # set on SIGTERM: new requests are refused from then on
+_stopping = False  # set on SIGTERM: this worker is going away
+_draining = False  # set when the drain begins: new requests are refused from then on
 
 
 def start_housekeeping() -> None:
@@ -35,8 +36,17 @@ def begin_shutdown(grace_seconds: float) -> None:
 
     Requests that finish in time finish normally; the rest are ended a little
     before the deadline, so their streams close with an `error` event
-    (`shutting_down`) instead of being cut off. From now on `stopping()` is true:
-    requests that still reach this worker are refused before any work starts.
+    (`shutting_down`) instead of being cut off. From now on `stopping()` is true.
+
+    Until that drain, requests that still reach this worker are served like any other:
+    gunicorn's gevent worker keeps accepting connections for up to a second after the
+    signal (it closes its listener at its next check), and answers each request with
+    `Connection: close`. On a reload (HUP), a scale-down (TTOU) or a new master taking
+    over (USR2, then TERM to the old one) no other worker could have had those requests:
+    refusing them failed them. On a full stop each of a proxy's kept-alive connections brings
+    at most one more request, served before the deadline like those already running.
+    Only from the drain on, when work here can no longer finish, is `draining()` true
+    and every new request refused (`503 shutting_down`, before any work starts).
     """
     global _stopping
     if _stopping:  # a second SIGTERM (from the arbiter and from `pkill`, say): one drain
@@ -51,21 +61,30 @@ def stopping() -> bool:
     return _stopping
 
 
+def draining() -> bool:
+    """Whether this worker is ending its last generations: new work here cannot finish."""
+    return _draining
+
+
 def stop_background() -> None:
     """Stop housekeeping and any pending shutdown timer (the worker is exiting)."""
     stop(_background)
     _background.clear()
 
 
-# Logged once stopping() is true: operators see when refusals begin, tests wait for it.
+# Logged once stopping() is true, and once draining() is: operators see when each
+# begins, tests wait for them.
+STOPPING = "shutting down: serving what arrives"
 REFUSING = "shutting down: new requests are refused"
 
 
 def _drain_later(delay: float) -> None:
+    global _draining
     # Here, not in the signal handler that spawned this: logging takes locks.
-    log.info("%s; generations still running end in %.1f s", REFUSING, max(delay, 0.0))
+    log.info("%s; generations still running end in %.1f s", STOPPING, max(delay, 0.0))
     time.sleep(max(delay, 0.0))
-    log.info("shutting down: ending the generations still running")
+    _draining = True
+    log.info("%s; ending the generations still running", REFUSING)
     models.cache.drain("shutdown")
 
 

@@ -14,16 +14,16 @@ bp = Blueprint("ops", __name__)
 
 
 @bp.before_app_request
-def _refuse_when_stopping():
-    """After SIGTERM, refuse every new request with 503 `shutting_down` before it starts work.
+def _refuse_when_draining():
+    """Once the shutdown drain has begun, refuse every new request with 503 `shutting_down`.
 
-    gunicorn stops accepting connections, but a request can still reach a stopping worker
-    on a kept-alive connection (a proxy's upstream keep-alive) or in the moment before the
-    worker closes its listener. Served, it could outlive the grace period; refused, nothing
-    has started, so a proxy can safely send it to another replica (nginx:
+    A worker that has its SIGTERM but has not yet begun to drain serves what reaches it
+    (app/ops/lifecycle.py, `begin_shutdown`): on a reload no other worker could have had it.
+    From the drain on, generations here are being ended, so a new one could not finish;
+    refused before any work starts, a proxy can safely send it to another replica (nginx:
     `proxy_next_upstream http_503`), and `/health` tells a balancer to stop sending more.
     """
-    if lifecycle.stopping():
+    if lifecycle.draining():
         raise ShuttingDown()
 
 

@@ -131,6 +131,68 @@ def test_sigterm_finishes_short_streams_and_ends_long_ones_cleanly(start_server)
     assert not live.worker_pids()
 
 
+def test_reloads_and_scale_down_fail_no_request_on_a_new_connection(start_server):
+    """`kill -HUP` (new workers start, the old one is sent SIGTERM) three times, then TTIN
+    and TTOU (the oldest worker is sent SIGTERM), while clients keep opening connections.
+
+    A worker told to stop still accepts connections for up to a second (gunicorn's gevent
+    worker closes its listener at its next check), and it must serve what it accepted: these
+    requests had no other worker to go to.
+    """
+    live = start_server()
+    body = {"model_id": "tiny-gpt2", "prompt": "Hello there"}
+    assert requests.post(live.url("/tokenize"), json=body, timeout=60).ok
+    stop, lock, results = threading.Event(), threading.Lock(), []
+
+    def client() -> None:
+        while not stop.is_set():
+            try:  # a new connection for every request, as a fresh client would open
+                answer = requests.post(
+                    live.url("/tokenize"), json=body, headers={"Connection": "close"}, timeout=60
+                )
+                result = (answer.status_code, answer.text[:200])
+            except requests.RequestException as exc:
+                result = (0, repr(exc))
+            with lock:
+                results.append(result)
+
+    def served_since(count: int) -> bool:
+        with lock:
+            return len(results) >= count + 20
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for sig in (signal.SIGHUP, signal.SIGHUP, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            before = set(live.worker_pids())
+            with lock:
+                done = len(results)
+            live.proc.send_signal(sig)
+            if sig in (signal.SIGTTIN, signal.SIGTTOU):  # one more worker, then one less
+                count = 2 if sig == signal.SIGTTIN else 1
+                wait_for(
+                    lambda count=count: len(live.worker_pids()) == count,
+                    timeout=60,
+                    message=f"{count} workers after {sig.name}",
+                )
+            else:  # every worker that was there before is gone
+                wait_for(
+                    lambda before=before: not before & set(live.worker_pids()),
+                    timeout=60,
+                    message=f"the old workers to exit after {sig.name}",
+                )
+            wait_for(lambda done=done: served_since(done), timeout=60, message="more requests")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=90)
+    failed = [r for r in results if r[0] != 200]
+    print(f"\n{len(results)} requests over 3 reloads and a scale-down; failed: {failed[:5]}")
+    assert not failed, failed[:5]
+    assert len(results) >= 100
+
+
 def test_health_stays_fast_while_a_gpt2_vocabulary_model_loads(start_server, big_root):
     # GPT-2's real tokenizer: parsing its tokenizer.json and building its BPE hold the GIL.
     # bfloat16: every weight is converted while loading, so the load lasts a while.

@@ -391,7 +391,7 @@ def test_errors_are_the_clients_typed_errors_with_our_message(server, start_serv
         for thread in running:
             thread.join(timeout=60)
     assert full.value.status_code == 503 and full.value.code == "overloaded"
-    assert full.value.response.headers["Retry-After"] == "1"
+    assert int(full.value.response.headers["Retry-After"]) >= 1  # from the queue: backlog.py
     assert full.value.message.endswith(full.value.body["message"])
     assert "queue" in full.value.body["message"]
     with pytest.raises(openai.BadRequestError) as never:  # more than the queue could ever hold
