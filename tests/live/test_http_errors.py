@@ -13,10 +13,11 @@ import socket
 import pytest
 import requests
 
+from tests.support import nginx
 from tests.support.server import LiveServer
 
 
-def exchange(live: LiveServer, data: bytes) -> tuple[int, dict[str, str], bytes]:
+def exchange(live: LiveServer | nginx.Nginx, data: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send raw bytes, read the answer until gunicorn closes: (status, headers, body)."""
     with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
         sock.sendall(data)
@@ -89,3 +90,56 @@ def test_with_listed_origins_a_refused_request_says_it_varies_by_origin(start_se
     assert status == 414 and json.loads(body)["code"] == "request_uri_too_long"
     assert "access-control-allow-origin" not in headers
     assert headers["vary"] == "Origin"
+
+
+# --- nginx (deploy/nginx.conf) in front: what nginx refuses itself -------------------------
+
+NGINX_CASES = {
+    # Over large_client_header_buffers (4 x 8k): nginx's own 414, where a named error
+    # location once failed ("empty URI in redirect") and answered an HTML 500.
+    "a URL over nginx's buffers": (
+        _head(b"GET /?prompt=" + b"a" * 9000 + b" HTTP/1.1"),
+        414,
+        "request_uri_too_long",
+    ),
+    "a header over nginx's buffers": (
+        _head(b"GET /health HTTP/1.1", b"X-Big: " + b"a" * 9000),
+        431,
+        "request_header_fields_too_large",
+    ),
+    "a request line that is no request line": (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+    "an unknown HTTP version": (_head(b"GET /health HTTP/3.0"), 505, "http_version_not_supported"),
+    "an unknown transfer coding": (
+        _head(b"POST /generate HTTP/1.1", b"Transfer-Encoding: gzip"),
+        501,
+        "not_implemented",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def proxy(server):
+    if not nginx.installed():
+        pytest.skip("nginx is not installed")
+    with nginx.Nginx([f"127.0.0.1:{server.port}"]) as running:
+        yield running
+
+
+@pytest.mark.parametrize("case", list(NGINX_CASES))
+def test_a_request_nginx_refuses_gets_a_json_error(server, proxy, case):
+    data, status, code = NGINX_CASES[case]
+    got, headers, body = exchange(proxy, data)
+    assert got == status, body[:300]
+    assert headers["content-type"] == "application/json", body[:300]
+    assert json.loads(body)["code"] == code
+    assert len(headers["x-request-id"]) == 32
+    assert requests.get(proxy.url("/health"), timeout=10).status_code == 200
+
+
+def test_under_v1_nginx_refuses_in_openai_s_shape(server, proxy):
+    """Read from the request line: nginx's own 414 under /v1 is OpenAI's shape."""
+    status, headers, body = exchange(proxy, _head(b"GET /v1/models?" + b"a" * 9000 + b" HTTP/1.1"))
+    assert status == 414 and headers["content-type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_uri_too_long"
+    assert error["type"] == "invalid_request_error" and error["param"] is None
