@@ -10,7 +10,7 @@ import tempfile
 bind = "127.0.0.1:8000"  # loopback: exposing it is a choice (docs/operations.md)
 # gevent: thousands of idle or streaming connections per worker. Torch runs on the
 # engine's own OS threads, so the hub stays free to answer other requests.
-worker_class = "gevent"
+worker_class = "gunicorn_worker.JSONErrorWorker"  # "gevent", answering its own errors in JSON
 worker_connections = 1000
 # Each worker holds its own models in memory; add workers only when memory allows.
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))

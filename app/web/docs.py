@@ -1,12 +1,17 @@
 """The API's OpenAPI 3 document, built from the registered routes and the pydantic models
-that validate requests and shape answers, and a Swagger UI page for it (served from the
-swagger-ui-bundle package: no CDN)."""
+that validate requests and shape answers, and a Swagger UI page for it.
+
+Swagger UI's files come from the flask-swagger-ui package (its `dist` folder: Swagger UI
+5.34.0 for flask-swagger-ui 5.34.0), served from here: no CDN, so the page works offline.
+Swagger UI reads OpenAPI 3.1 from version 5 on; 4.x (swagger-ui-bundle 1.1.0's 4.15.5)
+showed "Unable to render this definition" for this document."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Literal, TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_directory
@@ -35,7 +40,7 @@ _PAGE = """<!doctype html>
 <link rel="stylesheet" href="docs/assets/swagger-ui.css"></head>
 <body><div id="swagger-ui"></div>
 <script src="docs/assets/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "openapi.json", dom_id: "#swagger-ui"});</script>
+<script>SwaggerUIBundle({url: "openapi.json", dom_id: "#swagger-ui", deepLinking: true});</script>
 </body></html>
 """
 
@@ -82,10 +87,8 @@ def page():
 
 @bp.get("/docs/assets/<path:filename>")
 def asset(filename: str):
-    """Swagger UI's own files."""
-    import swagger_ui_bundle
-
-    return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
+    """Swagger UI's own files (swagger-ui-bundle.js, swagger-ui.css, ...)."""
+    return send_from_directory(str(resources.files("flask_swagger_ui") / "dist"), filename)
 
 
 def build_document(app: Flask, with_keys: bool) -> dict[str, Any]:

@@ -8,7 +8,8 @@ import re
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MIMETYPE = "text/event-stream"
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# What SSE reads as the end of a line: CRLF, CR or LF.
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def format_event(data: str, event: str | None = None) -> bytes:
@@ -17,7 +18,7 @@ def format_event(data: str, event: str | None = None) -> bytes:
     A standard parser joins those lines with "\\n", so CR and CRLF in `data` come back as LF.
     """
     lines = [f"event: {event}"] if event else []
-    lines += [f"data: {line}" for line in _LINE_BREAK.split(data)]
+    lines += [f"data: {line}" for line in LINE_BREAK.split(data)]
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 

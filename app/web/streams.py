@@ -19,15 +19,29 @@ from app.web.answers import ErrorResponse, StreamEnd
 from app.web.serving.run import Choice, Run
 from app.web.shaping import end_of, token_detail
 
+# What JavaScript's String.prototype.trimStart() removes: ECMAScript's WhiteSpace (tab, VT,
+# FF, space, NBSP, BOM and every Zs character) and LineTerminator (LF, CR, U+2028, U+2029).
+_JS_WHITE_SPACE = (
+    "\t\n\v\f\r \u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff"
+    + "".join(map(chr, range(0x2000, 0x200B)))  # U+2000 to U+200A
+)
+
 
 class TextEvents:
     """Cuts the text of a plain stream into `data:` events.
 
     - A trailing CR waits for the next text: SSE parsers read CR, LF and CRLF each
       as one line break, so a CRLF split across two events would come back as two.
-    - With `compat`, leading spaces and tabs move to the end of the previous event,
-      for parsers that trim the start of each event (the llm-viz fork's RemoteClient
-      does `chunk.slice(5).trimStart()`). A standard parser joins the same text.
+    - With `compat`, for the llm-viz fork (vimarsh244/llm-viz-dash), whose RemoteClient
+      splits the stream at blank lines and appends `chunk.slice(5).trimStart()` of each
+      event to a `<div>` without `white-space: pre-wrap`:
+      - each line break (CRLF, CR or LF) is sent as a space. An event holding one would
+        be several `data:` lines, of which that parser shows every `data:` after the
+        first as text; and its `<div>` renders a line break as a space anyway.
+      - leading white space (all that JavaScript's trimStart() removes) moves to the end
+        of the previous event, where trimStart() cannot reach it.
+      The fork then shows the text as its `<div>` renders the true text (white space
+      collapsed). A standard parser joins the same text, with spaces for line breaks.
     """
 
     def __init__(self, compat: bool) -> None:
@@ -41,7 +55,8 @@ class TextEvents:
             return []
         if not self._compat:
             return self._ready([text])
-        blanks = text[: len(text) - len(text.lstrip(" \t"))]
+        text = self._one_line(text)
+        blanks = text[: len(text) - len(text.lstrip(_JS_WHITE_SPACE))]
         if not self._pending:  # the first text: its blanks have nowhere to go
             self._pending = text
             return []
@@ -55,13 +70,24 @@ class TextEvents:
     def flush(self) -> list[str]:
         """Everything still held, at the end of the stream."""
         held, self._pending = self._pending, ""
+        if self._compat and self._carry:  # compat: a CR at the very end, sent as a space
+            held, self._carry = held + " ", ""
         events = self._ready([held] if held else [])
         if self._carry:
             events.append(self._carry)
             self._carry = ""
         return events
 
+    def _one_line(self, text: str) -> str:
+        """compat: `text` with each line break a space (a CRLF split across two texts too)."""
+        text, self._carry = self._carry + text, ""
+        if text.endswith("\r"):
+            text, self._carry = text[:-1], "\r"
+        return sse.LINE_BREAK.sub(" ", text)
+
     def _ready(self, texts: list[str]) -> list[str]:
+        if self._compat:  # no line breaks are left, and a held CR is `_one_line`'s
+            return [text for text in texts if text]
         events = []
         for text in texts:
             text, self._carry = self._carry + text, ""

@@ -4,10 +4,12 @@ another origin in Chromium, against the real server, in both stream modes."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import requests
 
+from app.models.resolution import DEMO_ROOT
 from tests.support.server import wait_for
 from tests.support.sse_client import message_data, parse
 
@@ -92,6 +94,42 @@ def test_generate_shows_the_generated_text(tab, api, chain_model):
         # A standard parser reads exactly the text; this parser loses the spaces.
         assert standard == "The" + expected
         assert result["shown"].replace(" ", "") == standard.replace(" ", "")
+
+
+SHAKESPEARE = "llmviz/shakespeare"
+HAS_SHAKESPEARE = (DEMO_ROOT / "shakespeare" / "config.json").is_file()
+PLAY = "First Citizen:\n"  # a speaker, as the demo's training text lays out a speech
+
+
+def html_collapsed(text: str) -> str:
+    """`text` as a block without `white-space: pre-wrap` shows it: each run of HTML white
+    space (space, tab, LF, FF, CR) one space, none at either end."""
+    return re.sub(r"[ \t\n\f\r]+", " ", text).strip(" ")
+
+
+@pytest.mark.skipif(not HAS_SHAKESPEARE, reason="demo_models/shakespeare/ is not there")
+def test_the_fork_shows_a_text_of_many_lines_as_its_div_renders_it(tab, api):
+    """Issue 24 §4: every line break of the Shakespeare demo's text showed as `data:`."""
+    extra = {"seed": 1, "max_new_tokens": 100}
+    body = {"model_id": SHAKESPEARE, "prompt": PLAY, **FRONTEND_DEFAULTS, **extra}
+    expected = requests.post(
+        api.url("/generate"), json={**body, "return_full_text": False}, timeout=120
+    ).json()["text"]
+    assert expected.count("\n") >= 3  # a stream with line breaks, blank lines among them
+    result = tab.evaluate(
+        "([u, m, p, extra]) => generate(u, m, p, 0, extra)",
+        [api.base, SHAKESPEARE, PLAY, extra],
+    )
+    assert result["how"] == "done"
+    standard = "".join(message_data(parse(result["raw"])))
+    if api.mode == "compat":
+        assert "data:" not in result["shown"]
+        shown = tab.evaluate("(text) => renderLikeTheFork(text)", result["shown"])
+        assert shown == html_collapsed(expected)
+        # A standard parser reads the same text, each line break a space.
+        assert standard == re.sub(r"\r\n|\r|\n", " ", expected)
+    else:
+        assert standard == PLAY + expected  # standard framing: exactly the text
 
 
 def test_stop_ends_the_server_s_work(tab, api):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -46,7 +47,56 @@ def test_a_crlf_split_across_pieces_reads_back_as_one_line_break(compat):
     pieces = ["Hello", " world\r", "\nHi", " there\r", "\n"]
     raw = b"".join(b for text in pieces[:-1] for b in framer.frame(CHOICE, token(text)))
     raw += b"".join(framer.frame(CHOICE, done(pieces[-1])))
-    assert "".join(message_data(parse(raw.decode()))) == "Hello world\nHi there\n"
+    line_break = " " if compat else "\n"  # compat: one space, as the fork's <div> shows it
+    expected = f"Hello world{line_break}Hi there{line_break}"
+    assert "".join(message_data(parse(raw.decode()))) == expected
+
+
+# What JavaScript's trimStart() removes (ECMAScript WhiteSpace and LineTerminator).
+JS_WHITE_SPACE = "\t\n\v\f\r \u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff" + "".join(
+    chr(c) for c in range(0x2000, 0x200B)
+)
+
+
+def fork_shows(raw: str) -> str:
+    """The llm-viz fork's RemoteClient.streamFromServer, restated: split at blank lines,
+    and of each chunk that starts with "data:" append `chunk.slice(5).trimStart()`."""
+    shown = ""
+    for chunk in raw.split("\n\n")[:-1]:  # the rest is still in its buffer
+        if chunk.startswith("data:"):
+            shown += chunk[5:].lstrip(JS_WHITE_SPACE)
+    return shown
+
+
+def html_collapsed(text: str) -> str:
+    return re.sub(r"[ \t\n\f\r]+", " ", text).strip(" ")
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        ["First", " Citizen", ":\n", "Before", " we", "\n\n", "All", ":\n", "Speak", "."],
+        ["a\r\n", "\r\n", "b\r", "\n", "\u00a0c", "\u3000d", "\n\te", "\r"],
+        ["\n", "x", "\n \n", "\ufeffy"],
+    ],
+)
+def test_compat_the_fork_shows_the_text_as_its_div_renders_it(pieces):
+    """Issue 24 §4: a piece with a line break was several `data:` lines, shown as `data:`."""
+    framer = StreamFramer(details=False, compat=True)
+    raw = b"".join(b for text in pieces[:-1] for b in framer.frame(CHOICE, token(text)))
+    raw += b"".join(framer.frame(CHOICE, done(pieces[-1])))
+    shown = fork_shows(raw.decode())
+    assert "data:" not in shown
+    text = "".join(pieces)
+    assert html_collapsed(shown) == html_collapsed(text)
+    assert shown.replace("\u00a0", "").strip(JS_WHITE_SPACE)  # something to see
+    assert "".join(message_data(parse(raw.decode()))) == re.sub(r"\r\n|\r|\n", " ", text)
+
+
+def test_standard_framing_keeps_line_breaks_as_data_lines():
+    framer = StreamFramer(details=False)
+    raw = b"".join(framer.frame(CHOICE, token("a\nb"))) + b"".join(framer.frame(CHOICE, done()))
+    assert raw == b"data: a\ndata: b\n\n"
 
 
 def test_compat_moves_leading_blanks_to_the_previous_event():
