@@ -20,8 +20,8 @@ import json
 import uuid
 from typing import Any
 
-from gunicorn import util  # type: ignore[import-untyped]
-from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped]
+from gunicorn import util
+from gunicorn.workers.ggevent import GeventWorker
 from werkzeug.http import HTTP_STATUS_CODES
 
 # How much of the client's own text (a malformed request line or header) an error repeats.

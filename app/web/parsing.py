@@ -7,6 +7,7 @@ import json
 from typing import Any, Literal, TypeVar
 
 from flask import current_app, request
+from gunicorn.http.errors import ParseException
 from pydantic import BaseModel
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -51,6 +52,8 @@ def _raw_body() -> bytes:
             size += len(chunk)
     except RequestEntityTooLarge:  # werkzeug's own check of the length or the stream
         size = limit + 1
+    except ParseException:  # gunicorn: a chunk size that is no number, a missing CRLF, ...
+        raise BadRequest("request body is not valid chunked transfer coding") from None
     if size > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes (LLMVIZ_MAX_BODY_BYTES)")
     return b"".join(chunks)

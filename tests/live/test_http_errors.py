@@ -143,3 +143,30 @@ def test_under_v1_nginx_refuses_in_openai_s_shape(server, proxy):
     error = json.loads(body)["error"]
     assert error["code"] == "request_uri_too_long"
     assert error["type"] == "invalid_request_error" and error["param"] is None
+
+
+BODY_CASES = {
+    # gunicorn parses the chunked coding while the app reads the body, not before.
+    "a chunk size that is no number": b"zz\r\n{}\r\n0\r\n\r\n",
+    "a chunk without its CRLF": b"2\r\n{}XX0\r\n\r\n",
+    "a chunk extension with a bare CR": b"2;a\rb\r\n{}\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", list(BODY_CASES))
+@pytest.mark.parametrize("path", ["/tokenize", "/v1/completions"])
+def test_a_malformed_chunked_body_is_a_400(server, case, path):
+    """A body the client encoded wrongly is the client's error (it was a 500 `internal_error`)."""
+    data = _head(
+        b"POST " + path.encode() + b" HTTP/1.1",
+        b"Transfer-Encoding: chunked",
+        b"Content-Type: application/json",
+        b"Connection: close",
+    )
+    status, headers, body = exchange(server, data + BODY_CASES[case])
+    assert status == 400, body[:300]
+    assert headers["content-type"] == "application/json"
+    answer = json.loads(body)
+    code = answer["error"]["code"] if path.startswith("/v1") else answer["code"]
+    assert code == "bad_request"
+    assert requests.get(server.url("/health"), timeout=10).status_code == 200
