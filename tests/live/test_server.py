@@ -176,3 +176,31 @@ def test_health_stays_fast_while_a_client_sized_answer_is_built(server):
     assert result["response"].status_code == 200, result["response"].text[:300]
     assert len(latencies) >= 5, "the answer came before /health could be probed"
     assert max(latencies) < 0.5, f"slowest /health took {max(latencies):.3f}s"
+
+
+def test_health_stays_fast_while_a_large_inspection_is_answered(start_server):
+    """An /inspect answer of 179 MB (dense attention over 2048 tokens, under a raised
+    LLMVIZ_MAX_INSPECT_BYTES) was validated, dumped and encoded in single calls that held
+    the GIL: /health stalled 0.5 s. Now it is encoded a slice at a time (app/web/large.py)."""
+    live = start_server(LLMVIZ_MAX_INSPECT_TOKENS="2048", LLMVIZ_MAX_INSPECT_BYTES=str(256 * 2**20))
+    body = {"model_id": "slow-gpt2", "include": ["attention"], "attention": {"format": "dense"}}
+    live.post("/inspect", **body, token_ids=[5, 6])
+    done = threading.Event()
+    result = {}
+
+    def ask():
+        ids = [(i * 7) % 300 + 5 for i in range(2048)]
+        with requests.post(
+            live.url("/inspect"), json={**body, "token_ids": ids}, timeout=120, stream=True
+        ) as response:
+            # Counted, not kept: joining 179 MB here would stall this process's probes.
+            result["status"] = response.status_code
+            result["size"] = sum(map(len, response.iter_content(1 << 20)))
+        done.set()
+
+    threading.Thread(target=ask, daemon=True).start()
+    latencies = _health_latencies_until(live, done)
+    assert result["status"] == 200
+    assert result["size"] > 150e6
+    assert len(latencies) >= 5, "the answer came before /health could be probed"
+    assert max(latencies) < 0.25, f"slowest /health took {max(latencies):.3f}s"
