@@ -26,6 +26,7 @@ from app.engine.threads import run_off_hub
 
 SLICE = 4096  # list items or dict entries per encoder call: about a millisecond of GIL each
 TEXT_SLICE = 1 << 20  # characters of one string per encoder call: about 3 ms of GIL
+BLOCK = 1 << 20  # bytes of the body per block the server writes
 
 
 @dataclass(frozen=True)
@@ -65,57 +66,102 @@ def reply_off_hub(build: Callable[[], dict[str, Any]], style: Style = JSONIFY) -
 
 
 def render(value: Any, style: Style = JSONIFY) -> list[bytes]:
-    """`style.dumps(value)` (and its newline) as ASCII bytes, in the pieces it was made in
-    (one `str.encode` or `bytes.join` of the whole answer would hold the GIL throughout)."""
-    pieces = [piece.encode("ascii") for piece in encode(value, style)]
+    """`style.dumps(value)` (and its newline) as ASCII bytes, in blocks of about `BLOCK`
+    bytes: one `str.encode` or `bytes.join` of the whole answer would hold the GIL
+    throughout, and each block is one write on the hub (a million small pieces took
+    the hub 35 s to send)."""
+    blocks: list[bytes] = []
+    pending: list[bytes] = []
+    size = 0
+    for piece in encode(value, style):
+        pending.append(piece.encode("ascii"))
+        size += len(pending[-1])
+        if size >= BLOCK:
+            blocks.append(b"".join(pending))
+            pending, size = [], 0
     if style.newline:
-        pieces.append(b"\n")
-    return pieces
+        pending.append(b"\n")
+    if pending:
+        blocks.append(b"".join(pending))
+    return blocks
 
 
 def encode(value: Any, style: Style = JSONIFY) -> Iterator[str]:
-    """`style.dumps(value)` in pieces, no encoder call covering more than `SLICE` items of
-    a list or entries of a dict (or one short container's items each), or more than
-    `TEXT_SLICE` characters of a string."""
-    item_sep, key_sep = style.separators
+    """`style.dumps(value)` in pieces, no encoder call covering more than `SLICE` items
+    all told (list items, dict entries, and a string's length counted in `TEXT_SLICE /
+    SLICE` characters), nor more than `TEXT_SLICE` characters of one string."""
     if isinstance(value, TextPieces):  # one string, written a piece at a time
         yield '"'
         for piece in value:
             yield from _escaped(piece, style)
         yield '"'
-    elif isinstance(value, dict):
-        keys = sorted(value) if style.sort_keys else list(value)
-        if len(keys) > SLICE and not any(_is_container(value[key]) for key in keys):
-            # Many flat entries (/inspect's token_text): whole slices of entries per call.
-            yield "{"
-            for start in range(0, len(keys), SLICE):
-                part = {key: value[key] for key in keys[start : start + SLICE]}
-                yield (item_sep if start else "") + style.dumps(part)[1:-1]
-            yield "}"
-            return
-        yield "{"
-        for i, key in enumerate(keys):
-            yield f"{item_sep if i else ''}{style.dumps(str(key))}{key_sep}"
-            yield from encode(value[key], style)
-        yield "}"
-    elif isinstance(value, list | tuple) and len(value) > SLICE:
-        yield "["
-        for start in range(0, len(value), SLICE):
-            yield (item_sep if start else "") + style.dumps(value[start : start + SLICE])[1:-1]
-        yield "]"
-    elif isinstance(value, list | tuple) and any(_is_container(v) for v in value):
-        yield "["
-        for i, item in enumerate(value):
-            if i:
-                yield item_sep
-            yield from encode(item, style)
-        yield "]"
     elif isinstance(value, str) and len(value) > TEXT_SLICE:
         yield '"'
         yield from _escaped(value, style)
         yield '"'
-    else:
+    elif _weight(value) <= SLICE:
         yield style.dumps(value)
+    elif isinstance(value, dict):
+        keys = sorted(value) if style.sort_keys else list(value)
+        yield "{"
+        yield from _grouped(keys, value, style)
+        yield "}"
+    else:  # a list or tuple
+        yield "["
+        yield from _grouped(range(len(value)), value, style)
+        yield "]"
+
+
+def _grouped(keys: Any, container: Any, style: Style) -> Iterator[str]:
+    """A container's inside: runs of light items one encoder call each, a heavy item in
+    pieces of its own. `keys` are a dict's keys in order, or a list's indices."""
+    item_sep, key_sep = style.separators
+    is_dict = isinstance(container, dict)
+    group: list[Any] = []
+    weight = 0
+    started = False
+
+    def flush() -> Iterator[str]:
+        nonlocal group, weight, started
+        if group:
+            whole = style.dumps(dict(group) if is_dict else group)
+            yield (item_sep if started else "") + whole[1:-1]
+            group, weight, started = [], 0, True
+
+    for key in keys:
+        item = container[key]
+        heft = _weight(item)
+        if heft > SLICE:
+            yield from flush()
+            head = f"{style.dumps(str(key))}{key_sep}" if is_dict else ""
+            yield (item_sep if started else "") + head
+            yield from encode(item, style)
+            started = True
+            continue
+        if weight + heft > SLICE:
+            yield from flush()
+        group.append((key, item) if is_dict else item)
+        weight += heft
+    yield from flush()
+
+
+def _weight(value: Any) -> int:
+    """How much encoding `value` takes, in list items, up to just past `SLICE` (then it
+    stops counting); `TextPieces` always count as past it (they are written piece by piece)."""
+    weight = 0
+    stack = [value]
+    while stack and weight <= SLICE:
+        item = stack.pop()
+        weight += 1
+        if isinstance(item, TextPieces):
+            return SLICE + 1
+        if isinstance(item, str):
+            weight += len(item) * SLICE // TEXT_SLICE
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return weight
 
 
 def _escaped(text: str, style: Style) -> Iterator[str]:
@@ -124,7 +170,3 @@ def _escaped(text: str, style: Style) -> Iterator[str]:
     (a slice never splits a surrogate pair), so the slices' escapes join into the whole's."""
     for start in range(0, len(text), TEXT_SLICE):
         yield style.dumps(text[start : start + TEXT_SLICE])[1:-1]
-
-
-def _is_container(value: Any) -> bool:
-    return isinstance(value, dict | list | tuple)

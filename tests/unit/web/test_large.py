@@ -152,3 +152,19 @@ def test_tensor_pieces_join_into_the_whole_encoding(monkeypatch, dtype, shape):
     assert {**pieces, "data": "".join(pieces["data"])} == whole
     assert max(map(len, pieces["data"]), default=0) <= 4000
     assert "".join(large.encode(pieces, large.DUMPS)) == json.dumps(whole)
+
+
+def test_many_small_items_take_few_encoder_calls_and_few_blocks(monkeypatch):
+    """An OpenAI answer: thousands of tokens of 20 alternatives each. Encoded item by item,
+    it was a million calls and a million writes (the hub was busy 35 s sending them)."""
+    calls = []
+    real = large.Style.dumps
+    monkeypatch.setattr(large.Style, "dumps", lambda self, v: calls.append(v) or real(self, v))
+    monkeypatch.setattr(large, "BLOCK", 1 << 16)
+    top = [{"token": "é", "logprob": -1.5, "bytes": [195, 169]}] * 20
+    answer = {"content": [{"token": "a", "logprob": -0.5, "top_logprobs": top}] * 2000}
+    blocks = large.render(answer)
+    body = b"".join(blocks)
+    assert body == (json.dumps(answer, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    assert len(calls) < 200
+    assert len(blocks) <= len(body) // (1 << 16) + 1
