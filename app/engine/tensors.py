@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 _DTYPES = {"float16": "<f2", "float32": "<f4", "int32": "<i4"}
+_TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "int32": torch.int32}
 ITEM_BYTES = {"float16": 2, "float32": 4, "int32": 4}
 
 
@@ -28,9 +29,33 @@ def encode(tensor: torch.Tensor | np.ndarray, dtype: str) -> dict[str, Any]:
     }
 
 
+class TextPieces(tuple[str, ...]):
+    """One JSON string kept as consecutive pieces (the base64 of a large tensor): joined,
+    copied or encoded whole, hundreds of megabytes hold the GIL for a second at a time;
+    app/web/large.py writes the pieces one after another, as the one string they make."""
+
+
+PIECE_BYTES = 3 << 18  # raw bytes per base64 piece: 1 MiB of text, a few ms of GIL
+
+
+def encode_pieces(tensor: torch.Tensor, dtype: str) -> dict[str, Any]:
+    """`encode`, with `data` as `TextPieces` of at most 1 MiB each: no step holds the GIL
+    for more than a few milliseconds, whatever the tensor's size (torch's cast and copy
+    release it; base64 runs a piece at a time)."""
+    array = tensor.detach().to("cpu", _TORCH_DTYPES[dtype]).contiguous().numpy()
+    # No copy: pieces are encoded straight from the tensor's bytes, in its byte order.
+    raw = array.astype(_DTYPES[dtype], copy=False).reshape(-1).view(np.uint8).data
+    pieces = [
+        base64.b64encode(raw[start : start + PIECE_BYTES]).decode("ascii")
+        for start in range(0, len(raw), PIECE_BYTES)
+    ]
+    return {"shape": list(array.shape), "dtype": dtype, "data": TextPieces(pieces)}
+
+
 def decode(encoded: dict[str, Any]) -> np.ndarray:
     """The inverse of `encode` (used by tests and Python clients)."""
-    raw = base64.b64decode(encoded["data"])
+    data = encoded["data"]
+    raw = base64.b64decode("".join(data) if isinstance(data, TextPieces) else data)
     return np.frombuffer(raw, dtype=_DTYPES[encoded["dtype"]]).reshape(encoded["shape"])
 
 

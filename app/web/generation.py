@@ -18,9 +18,10 @@ from app.web.answers import GenerateResponse
 from app.web.bodies import GenerateRequest
 from app.web.disconnect import disconnect_probe
 from app.web.docs import documented
+from app.web.large import reply_off_hub
 from app.web.serving import loop
 from app.web.serving.run import Choice, Prompt, Run
-from app.web.shaping import generate_answer, reply
+from app.web.shaping import generate_answer
 from app.web.streams import StreamFramer
 
 bp = Blueprint("generation", __name__)
@@ -37,7 +38,12 @@ def generate():
     run.submit(lm)
     # A client that leaves stops the work here too, not only on a stream.
     loop.fold(run, settings.sse_ping_seconds, disconnect_probe(request.environ))
-    return reply(generate_answer(run.choices[0], body.return_full_text, body.details))
+    # `details` holds every token, its alternatives and attention rows: shaped off the hub.
+    return reply_off_hub(
+        lambda: generate_answer(run.choices[0], body.return_full_text, body.details).model_dump(
+            mode="json", exclude_unset=True
+        )
+    )
 
 
 @bp.post("/generate/stream")

@@ -14,11 +14,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from app import models
 from app.config import Settings
 from app.engine import HeadSelection
+from app.engine.threads import run_off_hub
 from app.errors import BadRequest, PayloadTooLarge
 from app.models import ModelProfile, ModelSpec, PromptInput
 from app.web.bodies import parse_body
 
 B = TypeVar("B", bound=BaseModel)
+OFF_HUB_BODY_BYTES = 64 * 1024  # smaller bodies are read at once: a thread hop costs more
 
 
 def settings() -> Settings:
@@ -32,7 +34,12 @@ def read_body(schema: type[B]) -> B:
     The body is read as JSON whatever its Content-Type: browsers may send JSON as
     text/plain to avoid a CORS preflight.
     """
-    return parse_body(schema, _decode_json(_raw_body()))
+    raw = _raw_body()
+    if len(raw) < OFF_HUB_BODY_BYTES:
+        return parse_body(schema, _decode_json(raw))
+    # Decoding, the surrogate scan and validation take tens of milliseconds for a 1 MB
+    # body of small items (0.1 s on the hub for 260,000 ids): done on a native thread.
+    return run_off_hub(lambda: parse_body(schema, _decode_json(raw)))
 
 
 def _raw_body() -> bytes:

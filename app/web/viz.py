@@ -18,6 +18,7 @@ from app.web.answers import ArchitectureResponse, FrontendConfigResponse, Inspec
 from app.web.bodies import ConfigRequest, InspectRequest
 from app.web.disconnect import disconnect_probe
 from app.web.docs import documented
+from app.web.large import DUMPS, reply_off_hub
 
 bp = Blueprint("viz", __name__)
 
@@ -80,16 +81,23 @@ def inspect():
     _check_size(lm, selection, len(tokens.ids), settings.max_inspect_bytes)
     task = analysis.inspection_task(tokens.ids, selection)
     models.submit(lm, task)
-    answer: dict[str, Any] = {"model_id": lm.model_id, "token_ids": tokens.ids}
-    if "tokens" in selection.include:
-        answer["tokens"] = [
-            {"id": i, "text": piece, "offset": span, "special": special}
-            for i, piece, span, special in zip(
-                tokens.ids, tokens.pieces, tokens.offsets, tokens.special, strict=True
-            )
-        ]
-    answer.update(task.result(disconnect_probe(request.environ)))
-    return _reply_off_hub(InspectResponse, answer)
+    parts = task.result(disconnect_probe(request.environ))
+
+    def build() -> dict[str, Any]:
+        # InspectResponse's fields as plain values, in its order: validating and dumping
+        # megabytes of our own tensors would hold the GIL (see app/web/large.py).
+        answer = {"model_id": lm.model_id, "token_ids": tokens.ids, **parts}
+        if "tokens" in selection.include:
+            answer["tokens"] = [
+                {"id": i, "text": piece, "offset": list(span), "special": special}
+                for i, piece, span, special in zip(
+                    tokens.ids, tokens.pieces, tokens.offsets, tokens.special, strict=True
+                )
+            ]
+        return {name: answer[name] for name in InspectResponse.model_fields if name in answer}
+
+    # `json.dumps`'s spelling, as /inspect has always answered.
+    return reply_off_hub(build, DUMPS)
 
 
 @functools.lru_cache(maxsize=64)

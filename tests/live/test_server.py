@@ -176,3 +176,76 @@ def test_health_stays_fast_while_a_client_sized_answer_is_built(server):
     assert result["response"].status_code == 200, result["response"].text[:300]
     assert len(latencies) >= 5, "the answer came before /health could be probed"
     assert max(latencies) < 0.5, f"slowest /health took {max(latencies):.3f}s"
+
+
+def test_health_stays_fast_while_a_large_inspection_is_answered(start_server):
+    """An /inspect answer of 179 MB (dense attention over 2048 tokens, under a raised
+    LLMVIZ_MAX_INSPECT_BYTES) was validated, dumped and encoded in single calls that held
+    the GIL: /health stalled 0.5 s. Now it is encoded a slice at a time (app/web/large.py)."""
+    live = start_server(LLMVIZ_MAX_INSPECT_TOKENS="2048", LLMVIZ_MAX_INSPECT_BYTES=str(256 * 2**20))
+    body = {"model_id": "slow-gpt2", "include": ["attention"], "attention": {"format": "dense"}}
+    live.post("/inspect", **body, token_ids=[5, 6])
+    done = threading.Event()
+    result = {}
+
+    def ask():
+        ids = [(i * 7) % 300 + 5 for i in range(2048)]
+        with requests.post(
+            live.url("/inspect"), json={**body, "token_ids": ids}, timeout=120, stream=True
+        ) as response:
+            # Counted, not kept: joining 179 MB here would stall this process's probes.
+            result["status"] = response.status_code
+            result["size"] = sum(map(len, response.iter_content(1 << 20)))
+        done.set()
+
+    threading.Thread(target=ask, daemon=True).start()
+    latencies = _health_latencies_until(live, done)
+    assert result["status"] == 200
+    assert result["size"] > 150e6
+    assert len(latencies) >= 5, "the answer came before /health could be probed"
+    assert max(latencies) < 0.25, f"slowest /health took {max(latencies):.3f}s"
+
+
+def test_a_body_with_a_problem_in_every_item_gets_a_short_400(server):
+    """A 1 MB /detokenize body of 250,000 wrong ids was answered with every problem: a
+    13 MB message, built on the hub (/health stalled 1.5 s). Now the first ten, and a count."""
+    body = '{"token_ids": [' + ",".join(['"x"'] * 250_000) + "]}"
+    response = requests.post(
+        server.url("/detokenize"),
+        data=body,
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert len(error) < 2000, f"{len(error)} characters"
+    assert error.startswith("invalid request: token_ids.0: ")
+    assert error.endswith("; and 249990 more not listed")
+
+
+def test_health_stays_fast_while_an_openai_answer_with_logprobs_is_built(server):
+    """16 chat choices of 500 tokens, each with 20 alternatives: the answer (12 MB) was
+    shaped, validated and encoded on the hub, which stalled /health for seconds."""
+    body = {
+        "model": "tiny-llama",
+        "messages": [{"role": "user", "content": "hi"}],
+        "n": 16,
+        "logprobs": True,
+        "top_logprobs": 20,
+        "max_tokens": 500,
+        "ignore_eos": True,
+    }
+    done = threading.Event()
+    result = {}
+
+    def ask():
+        result["response"] = requests.post(
+            server.url("/v1/chat/completions"), json=body, timeout=300
+        )
+        done.set()
+
+    threading.Thread(target=ask, daemon=True).start()
+    latencies = _health_latencies_until(server, done)
+    assert result["response"].status_code == 200, result["response"].text[:300]
+    assert len(result["response"].json()["choices"]) == 16
+    assert max(latencies) < 0.5, f"slowest /health took {max(latencies):.3f}s"
