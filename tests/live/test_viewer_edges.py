@@ -95,7 +95,9 @@ def test_a_long_prompt_keeps_the_link_loadable_and_says_what_it_left_out(tab, se
     tab.fill(PROMPT, "Short again")  # the user's own prompt now: the link holds it whole
     _wait(tab, "location.search.includes('prompt=Short') && !location.search.includes('cut=')")
     assert tab.is_hidden(note)
-    assert tab.errors == []
+    # The views refuse 4,500 characters with a 413 (too long for this view, which the page
+    # says); Chromium logs each refused fetch. Nothing else may go wrong.
+    assert [e for e in tab.errors if "status of 413" not in e] == []
 
 
 def test_long_stop_strings_are_left_out_of_the_link(tab, server):
