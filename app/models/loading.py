@@ -86,6 +86,9 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
         seconds,
         f" ({packed} linear layers packed for oneDNN)" if packed else "",
     )
+    memory = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    # The worker's thread starts last: a failure before it leaves no thread holding weights
+    # that no listing shows.
     worker = ModelWorker(
         model,
         profile.tokenizer,
@@ -94,7 +97,6 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
         settings.max_queue,
         prefill_chunk=settings.prefill_chunk,
     )
-    memory = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     return LoadedModel(
         profile,
         worker,

@@ -116,6 +116,10 @@ class LoadedModelInfo(_Out):
     memory_bytes: int
     packed_layers: int
     last_used: float
+    retiring: bool = Field(
+        description="Out of the cache (evicted or unloaded) and still in memory: it finishes "
+        "its accepted work, then frees its memory; a request for it meanwhile takes it back."
+    )
     active: int
     queued: int
     generated_tokens: int
