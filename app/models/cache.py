@@ -14,7 +14,7 @@ from app.config import Settings
 from app.engine import GenerationJob, ModelTask, WorkerClosed
 from app.engine.threads import run_off_hub, spawn
 from app.errors import APIError, ModelLoadFailed, Overloaded
-from app.models import loading
+from app.models import loading, progress
 from app.models.loaded import LoadedModel, ModelProfile
 from app.models.resolution import ModelSpec
 
@@ -202,6 +202,7 @@ class ModelCache:
         key = copy_key(spec)
         try:
             self._await_exit(key)  # a closing copy frees its weights before these load
+            progress.start(spec)
             model = run_off_hub(self.loader, spec, self.settings, profile)
         except APIError as exc:
             # Without its traceback: that holds the loader's frames, and with them any
@@ -213,6 +214,7 @@ class ModelCache:
         else:
             slot.model = model
             self._observe(model)
+        progress.finish(spec)
         with self._lock:
             if slot.error is not None and self._slots.get(key) is slot:
                 del self._slots[key]

@@ -7,6 +7,7 @@ import { GeneratePanel } from "./panels/generate.js";
 import { LensPanel } from "./panels/lens.js";
 import { ModelPanel } from "./panels/model.js";
 import { NormsPanel } from "./panels/norms.js";
+import { LoadProgress } from "./panels/progress.js";
 import { Notice } from "./panels/notice.js";
 import { PromptPanel } from "./panels/prompt.js";
 import { readUrlState, writeUrlState } from "./url-state.js";
@@ -45,6 +46,7 @@ const attention = new AttentionPanel($("#attention-panel"), {
 });
 const lens = new LensPanel($("#lens-panel"));
 const norms = new NormsPanel($("#norms-panel"));
+new LoadProgress($("header.top"), () => client.models()); // bars while a model loads
 const tokenizeSoon = debounce(tokenize, 150);
 const saveUrlSoon = debounce(saveUrl, 300);
 let tokenizing = Promise.resolve(null);
