@@ -216,9 +216,12 @@ class ModelCache:
             self._observe(model)
         progress.finish(spec)
         with self._lock:
-            if slot.error is not None and self._slots.get(key) is slot:
+            cleared = self._slots.get(key) is not slot  # by clear(), while this loaded
+            if slot.error is not None and not cleared:
                 del self._slots[key]
             evicted = self._evict_over_capacity()
+        if cleared and slot.model is not None:
+            slot.model.worker.close()  # unlisted, nothing else would ever free it
         self._let_go(evicted)  # an idle evicted copy is freed before this one is used
         slot.ready.set()
 

@@ -8,6 +8,7 @@ it, and the cache's listing (GET /models, the gauges) must show it.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -100,3 +101,20 @@ def test_links_to_one_folder_share_one_copy(tmp_path, model_root, fresh_cache):
     second = fresh_cache.get(models.resolve("stable", settings))
     assert second is first and fresh_cache.loads_started == 1
     assert len(fresh_cache.loaded()) == 1
+
+
+def test_a_load_that_ends_after_clear_leaves_no_thread(one_slot, fresh_cache, monkeypatch):
+    release = threading.Event()
+    real_load = fresh_cache.loader
+
+    def held_load(spec, settings, profile):
+        assert release.wait(30)
+        return real_load(spec, settings, profile)
+
+    monkeypatch.setattr(fresh_cache, "loader", held_load)
+    slot = fresh_cache.begin(one_slot("tiny-gpt2"))
+    fresh_cache.clear()  # e.g. shutdown, while the weights load
+    release.set()
+    assert slot.ready.wait(30) and slot.model is not None
+    assert slot.model.worker.join(5)  # closed: its thread and weights are gone
+    assert fresh_cache.loaded() == []
