@@ -41,7 +41,7 @@ def test_a_hub_model_shows_its_download_in_models_and_in_stream_pings(
     # About 4 s for the weights: 1 MiB every 0.1 s.
     with HubServer({REPO: repo_folder}, chunk=1 << 20, pause=0.1) as hub:
         live = start_server(
-            HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf")
+            HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(tmp_path / "hub-cache")
         )
         lines: list[str] = []
         body = {"model_id": REPO, "prompt": "x", "max_new_tokens": 3, "ignore_eos": True}
@@ -88,7 +88,7 @@ def test_the_viewer_shows_a_progress_bar_while_a_hub_model_loads(
     # About 11 s for the weights (1 MiB every 0.25 s): longer than the viewer's idle poll.
     with HubServer({REPO: repo_folder}, chunk=1 << 20, pause=0.25) as hub:
         live = start_server(
-            HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf")
+            HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(tmp_path / "hub-cache")
         )
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = context.new_page()
