@@ -46,7 +46,8 @@ const attention = new AttentionPanel($("#attention-panel"), {
 });
 const lens = new LensPanel($("#lens-panel"));
 const norms = new NormsPanel($("#norms-panel"));
-new LoadProgress($("header.top"), () => client.models()); // bars while a model loads
+// Bars while a model loads for one of this page's calls.
+new LoadProgress($("header.top"), () => client.models(), () => client.waiting > 0);
 const tokenizeSoon = debounce(tokenize, 150);
 const saveUrlSoon = debounce(saveUrl, 300);
 let tokenizing = Promise.resolve(null);

@@ -1,18 +1,22 @@
 // Load progress: while the server loads a model (GET /models' `loading_progress`), a bar per
 // model under the page's header: bytes downloaded of the model's files, then "loading
-// weights". It polls GET /models while the page is visible: every second while a load is
-// shown, every few seconds otherwise, so a load started by any request (a generation, a
-// model switch, another tab) shows within moments.
+// weights". It polls GET /models once a second, only while the tab is visible and either a
+// load is shown or one of the page's own calls is still waiting for its first answer (a model
+// may be loading for it): an idle page sends nothing, so it adds no request-log lines, and no
+// 401s while it has no API key. A load started by another client shows once this page waits.
 
 import { h } from "../dom.js";
 
-const POLL_LOADING_MS = 1000;
-const POLL_IDLE_MS = 4000;
+const POLL_MS = 1000;
 
 export class LoadProgress {
-  /** `listing()` resolves to GET /models' answer; the bars go right after `anchor`. */
-  constructor(anchor, listing) {
+  /**
+   * `listing()` resolves to GET /models' answer; `waiting()` is true while one of the page's
+   * calls waits for its first answer; the bars go right after `anchor`.
+   */
+  constructor(anchor, listing, waiting) {
     this.listing = listing;
+    this.waiting = waiting;
     this.root = h("section", {
       class: "load-progress",
       "data-testid": "load-progress",
@@ -31,16 +35,15 @@ export class LoadProgress {
   }
 
   async #poll() {
-    let loads = [];
-    if (document.visibilityState === "visible") {
+    const wanted = !this.root.hidden || this.waiting();
+    if (wanted && document.visibilityState === "visible") {
       try {
-        loads = (await this.listing()).loading_progress ?? [];
-        this.show(loads);
+        this.show((await this.listing()).loading_progress ?? []);
       } catch {
         // The page's own calls report errors; a missed poll is retried.
       }
     }
-    setTimeout(() => this.#poll(), loads.length ? POLL_LOADING_MS : POLL_IDLE_MS);
+    setTimeout(() => this.#poll(), POLL_MS);
   }
 }
 
