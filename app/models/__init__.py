@@ -7,6 +7,7 @@
 - `prompts`: chat templates, encoding and tokenization for display.
 """
 
+from app.models import progress
 from app.models.cache import ModelCache, cache, submit
 from app.models.loaded import LoadedModel, ModelProfile
 from app.models.loading import check_available, load, load_profile, read_config
@@ -27,6 +28,7 @@ __all__ = [
     "list_local",
     "load",
     "load_profile",
+    "progress",
     "read_config",
     "resolve",
     "submit",

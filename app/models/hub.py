@@ -1,4 +1,4 @@
-"""Whether the Hugging Face hub can be reached, asked once a minute at most.
+"""The Hugging Face hub: whether it can be reached, and downloading a model with progress.
 
 Without a network, huggingface_hub retries each request with backoff (about 47 s
 for one unknown id here). One HEAD request to the hub's endpoint
@@ -9,12 +9,15 @@ a message that says how to serve offline.
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import queue
 import time
 import urllib.error
 import urllib.request
 
 from app.engine.threads import NativeQueue, native_lock, start_native_thread
+from app.models.progress import LoadProgress
 
 _CHECK_SECONDS = 2.0
 _REMEMBER_SECONDS = 60.0
@@ -73,3 +76,36 @@ def forget() -> None:
     global _last
     with _lock:
         _last = None
+
+
+# What transformers reads of a repository: its top-level configs and tokenizer files, and
+# one format of weights (safetensors when there are any). Other files (ONNX exports, other
+# formats, subfolders) are never fetched.
+_WEIGHTS = ("*.safetensors", "*.safetensors.index.json")
+_FALLBACK_WEIGHTS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+_OTHERS = ("*.json", "*.txt", "*.model", "*.tiktoken")
+
+
+def download(repo_id: str, progress: LoadProgress) -> None:
+    """Download what transformers will read of `repo_id` into the hub cache, reporting each
+    file's bytes to `progress`; files already cached are not fetched again.
+
+    Raises what huggingface_hub raises (OSError subclasses for missing repos and files).
+    """
+    from huggingface_hub import HfApi, hf_hub_download
+
+    info = HfApi().model_info(repo_id, files_metadata=True)
+    sizes = {s.rfilename: s.size for s in info.siblings or [] if "/" not in s.rfilename}
+    wanted = _pick(list(sizes))
+    progress.expect({name: sizes[name] for name in wanted})
+    for name in wanted:
+        path = hf_hub_download(repo_id, name, tqdm_class=progress.bar(name))
+        progress.have(name, os.path.getsize(path))  # also a file the cache already held
+
+
+def _pick(names: list[str]) -> list[str]:
+    def matching(patterns: tuple[str, ...]) -> list[str]:
+        return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+    weights = matching(_WEIGHTS) or matching(_FALLBACK_WEIGHTS)
+    return list(dict.fromkeys(matching(_OTHERS) + weights))

@@ -75,6 +75,10 @@ class LoadedModel:
     dtype: str = "float32"
     packed_layers: int = 0  # linear layers packed for oneDNN (app/models/packing.py)
     last_used: float = field(default_factory=time.time)
+    # Set by the cache, under its lock: out of the LRU, finishing accepted work (retiring),
+    # then told to stop and freeing its weights (closing). See ModelCache.
+    retiring: bool = False
+    closing: bool = False
 
     @property
     def spec(self) -> ModelSpec:
@@ -134,6 +138,7 @@ class LoadedModel:
             "memory_bytes": self.memory_bytes,
             "packed_layers": self.packed_layers,
             "last_used": max(self.last_used, self.worker.last_finished),
+            "retiring": self.retiring,
             **self.stats(),
         }
 

@@ -23,7 +23,7 @@ from transformers.utils import cached_file
 from app.config import Settings
 from app.engine import ModelWorker
 from app.errors import BadRequest, ModelLoadFailed, ModelNotFound
-from app.models import hub
+from app.models import hub, progress
 from app.models.loaded import LoadedModel, ModelProfile
 from app.models.packing import pack_linear_layers
 from app.models.resolution import ModelSpec
@@ -69,6 +69,10 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
     device = _pick_device(settings.device)
     started = time.perf_counter()
     profile = profile or load_profile(spec)
+    tracker = progress.of(spec.model_id) or progress.LoadProgress(spec.model_id)
+    if not spec.local and not _local_only(spec):
+        _download(spec, tracker)
+    tracker.loading_weights()
     with _loading_errors(spec, unexpected=True):
         model = AutoModelForCausalLM.from_pretrained(
             spec.source, dtype=_pick_dtype(settings.dtype, device), **_options(spec)
@@ -86,6 +90,9 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
         seconds,
         f" ({packed} linear layers packed for oneDNN)" if packed else "",
     )
+    memory = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    # The worker's thread starts last: a failure before it leaves no thread holding weights
+    # that no listing shows.
     worker = ModelWorker(
         model,
         profile.tokenizer,
@@ -94,7 +101,6 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
         settings.max_queue,
         prefill_chunk=settings.prefill_chunk,
     )
-    memory = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     return LoadedModel(
         profile,
         worker,
@@ -105,6 +111,18 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
         dtype=str(model.dtype).removeprefix("torch."),
         packed_layers=packed,
     )
+
+
+def _download(spec: ModelSpec, tracker: progress.LoadProgress) -> None:
+    """Fetch the repository's files first, so that their bytes can be reported as they come.
+
+    If that fails, transformers' own download runs next: it fetches what is missing (without
+    progress) or raises the error a client is told.
+    """
+    try:
+        hub.download(spec.source, tracker)
+    except Exception as exc:
+        log.warning("downloading %s with progress failed (%s); loading it directly", spec, exc)
 
 
 def _options(spec: ModelSpec) -> dict[str, bool]:

@@ -7,7 +7,7 @@ from flask import Blueprint
 from app import models
 from app.errors import ModelNotFound
 from app.web import parsing
-from app.web.answers import LoadedModelInfo, ModelsResponse, UnloadResponse
+from app.web.answers import LoadedModelInfo, LoadingProgress, ModelsResponse, UnloadResponse
 from app.web.docs import documented
 from app.web.shaping import reply
 
@@ -23,6 +23,7 @@ def list_models():
         ModelsResponse(
             loaded=[LoadedModelInfo.model_validate(lm.describe()) for lm in models.cache.loaded()],
             loading=models.cache.loading(),
+            loading_progress=[LoadingProgress.model_validate(p) for p in models.progress.running()],
             available=[
                 model_id
                 for model_id in models.list_demo() + models.list_local(settings.model_root)

@@ -121,6 +121,10 @@ class LoadedModelInfo(_Out):
     memory_bytes: int
     packed_layers: int
     last_used: float
+    retiring: bool = Field(
+        description="Out of the cache (evicted or unloaded) and still in memory: it finishes "
+        "its accepted work, then frees its memory; a request for it meanwhile takes it back."
+    )
     active: int
     queued: int
     generated_tokens: int
@@ -129,11 +133,34 @@ class LoadedModelInfo(_Out):
     prefills: int
 
 
+class FileProgress(_Out):
+    """One file of a model being downloaded."""
+
+    name: str
+    done_bytes: int
+    total_bytes: int | None = Field(description="Null until the file's size is known.")
+
+
+class LoadingProgress(_Out):
+    """A model being loaded: its download, file by file, then reading its weights."""
+
+    model_id: str
+    phase: Literal["starting", "downloading", "loading_weights"]
+    done_bytes: int
+    total_bytes: int | None = Field(description="Null while a file's size is unknown.")
+    files: list[FileProgress] = Field(
+        description="The files fetched from the Hugging Face hub (none for a local model)."
+    )
+
+
 class ModelsResponse(_Out):
     """GET /models."""
 
     loaded: list[LoadedModelInfo]
     loading: list[str]
+    loading_progress: list[LoadingProgress] = Field(
+        description="How far each load in `loading` has come."
+    )
     available: list[str]
     default_model: str
 

@@ -69,6 +69,7 @@ def generate_stream():
         settings.sse_ping_seconds,
         disconnect_probe(request.environ),
         cold=None if lm is not None else spec,
+        progress_pings=not settings.stream_compat,  # the fork's parser shows comments as text
     )
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS)
 

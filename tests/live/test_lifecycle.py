@@ -56,8 +56,15 @@ def test_unload_frees_memory_after_finishing_its_stream(start_server, big_root):
         rest = [e for e in events if isinstance(e, SSEEvent)]
     tokens = [e for e in rest if e.event == "token"]
     assert len(tokens) == 299 and rest[-1].event == "done"  # it finished its work first
-    names = [m["model_id"] for m in requests.get(live.url("/models"), timeout=5).json()["loaded"]]
-    assert names == ["tiny-gpt2"]
+    # Listed (as retiring) until its thread has exited and freed the weights: then gone.
+    wait_for(
+        lambda: (
+            [m["model_id"] for m in requests.get(live.url("/models"), timeout=5).json()["loaded"]]
+            == ["tiny-gpt2"]
+        ),
+        timeout=10,
+        message="big-gpt2 to leave GET /models",
+    )
     wait_for(
         lambda: _rss_mb(live) < idle + 0.2 * (loaded - idle),
         timeout=20,

@@ -9,7 +9,9 @@ any of it.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Protocol
 
@@ -17,13 +19,14 @@ from app import models
 from app.config import Settings
 from app.engine import DoneEvent, TokenEvent
 from app.errors import APIError, BadRequest, GenerationFailed, ShuttingDown, translate
-from app.models import LoadedModel, ModelProfile, ModelSpec
+from app.models import LoadedModel, ModelProfile, ModelSpec, progress
 from app.web import sse
 from app.web.serving.run import Choice, Run
 
 log = logging.getLogger(__name__)
 
 PING = sse.format_comment("ping")  # sent after each ping interval of silence
+PROGRESS_SECONDS = 0.5  # how often a stream waiting for its model hears how the load goes
 
 
 class Framer(Protocol):
@@ -52,16 +55,18 @@ def stream(
     ping_seconds: float,
     client_gone: Callable[[], bool],
     cold: ModelSpec | None = None,
+    progress_pings: bool = True,
 ) -> Iterator[bytes]:
     """The response body of a streamed run; `cold` is the model to wait for (with
-    pings) and then submit the run to, when the run has not been submitted yet.
+    pings, carrying the load's progress unless `progress_pings` is off) and then
+    submit the run to, when the run has not been submitted yet.
 
     Runs after the request context is gone: everything it needs is passed in.
     """
     try:
         yield b""  # the headers go out now, before the prompt is processed
         if cold is not None:  # the weights were not loaded when the request came
-            lm = yield from await_model(cold, ping_seconds)
+            lm = yield from await_model(cold, ping_seconds, progress_pings)
             run.submit(lm)
         yield from framer.opening(run)
         for item in run.events(ping_seconds, client_gone):
@@ -92,14 +97,36 @@ def fold(run: Run, ping_seconds: float, client_gone: Callable[[], bool]) -> None
         run.close()
 
 
-def await_model(spec: ModelSpec, ping_seconds: float) -> Generator[bytes, None, LoadedModel]:
-    """Wait for a model that is loading, yielding a ping after each interval; its
-    value (`yield from`) is the loaded model. Raises what the load raised."""
+def await_model(
+    spec: ModelSpec, ping_seconds: float, progress_pings: bool = True
+) -> Generator[bytes, None, LoadedModel]:
+    """Wait for a model that is loading; its value (`yield from`) is the loaded model.
+    Raises what the load raised.
+
+    Yields, each time the load's progress has changed (checked every PROGRESS_SECONDS),
+    a progress comment, and a plain ping after each `ping_seconds` of silence. A
+    progress comment is one SSE comment line, which SSE parsers skip:
+    `: progress {"model_id": ..., "phase": ..., "done_bytes": ..., "total_bytes": ...,
+    "files": [{"name": ..., "done_bytes": ..., "total_bytes": ...}]}` (GET /models'
+    `loading_progress` entry, as compact JSON). With `progress_pings` off, only pings.
+    """
+    last_sent, last_shown = time.monotonic(), None
+    tick = min(ping_seconds, PROGRESS_SECONDS) if progress_pings else ping_seconds
     while True:
         try:
-            return models.cache.get(spec, timeout=ping_seconds)
+            return models.cache.get(spec, timeout=tick)
         except TimeoutError:
+            pass
+        tracker = progress.of(spec.model_id) if progress_pings else None
+        shown = tracker.snapshot() if tracker is not None else None
+        if shown is not None and shown != last_shown:
+            last_shown = shown
+            yield sse.format_comment("progress " + json.dumps(shown, separators=(",", ":")))
+        elif time.monotonic() - last_sent < ping_seconds:
+            continue
+        else:
             yield PING
+        last_sent = time.monotonic()
 
 
 def failure(exc: Exception) -> APIError:

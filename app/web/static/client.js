@@ -46,6 +46,9 @@ export class LlmvizClient {
     this.baseUrl = new URL(baseUrl);
     if (!this.baseUrl.pathname.endsWith("/")) this.baseUrl.pathname += "/";
     this.apiKey = apiKey;
+    // Calls that have not had their first answer yet: a model may be loading for them.
+    // A page can show load progress (GET /models) only while this is above 0.
+    this.waiting = 0;
   }
 
   /** `GET /models`: the default, available and loaded models. */
@@ -87,17 +90,29 @@ export class LlmvizClient {
    */
   async *stream(body, { signal } = {}) {
     const response = await this.#send("POST", "generate/stream", body, signal);
-    for await (const event of readEventStream(response.body)) {
-      if (event.type === "message") {
-        yield { type: "text", text: event.data };
-      } else if (event.type === "token") {
-        yield { type: "token", token: JSON.parse(event.data) };
-      } else if (event.type === "done") {
-        yield { type: "done", done: JSON.parse(event.data) };
-      } else if (event.type === "error") {
-        const { error, code } = JSON.parse(event.data);
-        throw new ApiError(error, { code }); // no HTTP status: the answer had begun with 200
+    // A stream answers at once and waits for its model behind pings: it is waiting until
+    // its first event.
+    let first = true;
+    this.waiting += 1;
+    try {
+      for await (const event of readEventStream(response.body)) {
+        if (first) {
+          first = false;
+          this.waiting -= 1;
+        }
+        if (event.type === "message") {
+          yield { type: "text", text: event.data };
+        } else if (event.type === "token") {
+          yield { type: "token", token: JSON.parse(event.data) };
+        } else if (event.type === "done") {
+          yield { type: "done", done: JSON.parse(event.data) };
+        } else if (event.type === "error") {
+          const { error, code } = JSON.parse(event.data);
+          throw new ApiError(error, { code }); // no HTTP status: the answer had begun with 200
+        }
       }
+    } finally {
+      if (first) this.waiting -= 1;
     }
   }
 
@@ -106,12 +121,18 @@ export class LlmvizClient {
     // and the server reads every body as JSON whatever its Content-Type.
     const headers = body === undefined ? {} : { "Content-Type": "text/plain;charset=UTF-8" };
     if (this.apiKey) headers.Authorization = `Bearer ${this.apiKey}`;
-    const response = await fetch(new URL(path, this.baseUrl), {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal,
-    });
+    let response;
+    this.waiting += 1;
+    try {
+      response = await fetch(new URL(path, this.baseUrl), {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal,
+      });
+    } finally {
+      this.waiting -= 1;
+    }
     if (!response.ok) throw await ApiError.from(response);
     return response;
   }

@@ -13,6 +13,7 @@ import { GeneratePanel } from "./panels/generate.js";
 import { LensPanel } from "./panels/lens.js";
 import { ModelPanel } from "./panels/model.js";
 import { NormsPanel } from "./panels/norms.js";
+import { LoadProgress } from "./panels/progress.js";
 import { Notice } from "./panels/notice.js";
 import { expectation, PromptPanel } from "./panels/prompt.js";
 import { readUrlState, writeUrlState } from "./url-state.js";
@@ -55,6 +56,8 @@ const views = new SequenceViews({
   lens: new LensPanel($("#lens-panel")),
   norms: new NormsPanel($("#norms-panel")),
 });
+// Bars while a model loads for one of this page's calls.
+new LoadProgress($("header.top"), () => client.models(), () => client.waiting > 0);
 const tokenizeSoon = debounce(tokenize, 150);
 const saveUrlSoon = debounce(saveUrl, 300);
 let tokenizing = Promise.resolve(null);

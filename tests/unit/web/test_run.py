@@ -9,6 +9,7 @@ import pytest
 
 from app.engine import DoneEvent, ErrorEvent, TokenEvent
 from app.errors import ClientClosedRequest, GenerationFailed, Overloaded, ShuttingDown
+from app.models import ModelSpec
 from app.web.serving import loop
 from app.web.serving import run as run_module
 from app.web.serving.run import Choice, Prompt, Run
@@ -198,6 +199,7 @@ def test_a_cold_stream_pings_while_the_model_loads_then_submits(monkeypatch):
     def get(spec, timeout=None):
         waits.append(timeout)
         if len(waits) < 3:
+            time.sleep(timeout)
             raise TimeoutError  # still loading
         return "loaded model"
 
@@ -206,6 +208,7 @@ def test_a_cold_stream_pings_while_the_model_loads_then_submits(monkeypatch):
     job = ScriptedJob(tok("c"), done())
     run = make_run(job)
     framer = StreamFramer(details=False)
-    chunks = list(loop.stream(run, framer, 0.25, lambda: False, cold="spec"))  # type: ignore[arg-type]
+    cold = ModelSpec("spec", "spec", local=False)
+    chunks = list(loop.stream(run, framer, 0.25, lambda: False, cold=cold))
     assert chunks == [b"", PING, PING, b"data: c\n\n"]
     assert waits == [0.25] * 3 and queued == [("loaded model", job)]

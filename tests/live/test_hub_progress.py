@@ -1,0 +1,125 @@
+"""Download and load progress of a hub model (issue 24, section 5), on the real server,
+against a throttled stand-in for the hub (tests/support/hub_server.py) reached through
+HF_ENDPOINT: huggingface_hub's real download code runs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from urllib.parse import quote
+
+import pytest
+import requests
+
+from tests.support.hub_server import HubServer
+from tests.support.tiny_models import save_gpt2
+
+REPO = "tiny-org/gpt2-42mb"
+WEIGHTS = "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def repo_folder(tmp_path_factory):
+    """A 42 MB GPT-2: huggingface_hub reads a download 10 MiB at a time and reports each
+    read, so a file must span several reads for its progress to show steps."""
+    return save_gpt2(tmp_path_factory.mktemp("hub") / "gpt2-42mb", n_layer=3, n_embd=512, n_head=8)
+
+
+def _progress_comments(lines: list[str]) -> list[dict]:
+    return [
+        json.loads(line[len(": progress ") :]) for line in lines if line.startswith(": progress ")
+    ]
+
+
+def _weights(snapshot: dict) -> dict:
+    return next(f for f in snapshot["files"] if f["name"] == WEIGHTS)
+
+
+def test_a_hub_model_shows_its_download_in_models_and_in_stream_pings(
+    start_server, repo_folder, tmp_path
+):
+    size = (repo_folder / WEIGHTS).stat().st_size
+    # About 4 s for the weights: 1 MiB every 0.1 s.
+    with HubServer({REPO: repo_folder}, chunk=1 << 20, pause=0.1) as hub:
+        live = start_server(
+            HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(tmp_path / "hub-cache")
+        )
+        lines: list[str] = []
+        body = {"model_id": REPO, "prompt": "x", "max_new_tokens": 3, "ignore_eos": True}
+
+        def read_stream() -> None:
+            with requests.post(
+                live.url("/generate/stream"), json=body, stream=True, timeout=120
+            ) as r:
+                assert r.status_code == 200
+                lines.extend(r.iter_lines(decode_unicode=True))
+
+        reader = threading.Thread(target=read_stream)
+        reader.start()
+        seen: list[dict] = []  # GET /models' loading_progress entries while it loads
+        while reader.is_alive():
+            listing = requests.get(live.url("/models"), timeout=5).json()
+            seen += [p for p in listing["loading_progress"] if p["model_id"] == REPO]
+            reader.join(0.2)
+        assert requests.get(live.url("/models"), timeout=5).json()["loading_progress"] == []
+
+    downloading = [p for p in seen if p["phase"] == "downloading" and _weights(p)["done_bytes"]]
+    assert downloading, f"GET /models never showed the download: {seen}"
+    partial = [p for p in downloading if _weights(p)["done_bytes"] < size]
+    assert partial and all(_weights(p)["total_bytes"] == size for p in partial)
+    assert all(p["total_bytes"] >= size for p in partial)
+
+    pings = _progress_comments(lines)
+    done = [_weights(p)["done_bytes"] for p in pings if p["phase"] == "downloading"]
+    assert len(set(done)) >= 3 and done == sorted(done), done  # bytes growing, ping by ping
+    assert any(0 < d < size for d in done)
+    assert pings[-1]["phase"] == "loading_weights" or done[-1] == size
+    # The stream itself is as before: its text, with no error (progress lines are comments).
+    assert any(line.startswith("data:") for line in lines) and "event: error" not in lines
+    assert all(line.startswith((": ", "data:", "event:", "id:")) or not line for line in lines)
+    # The weights were fetched once, through the hub's resolve URL.
+    fetched = [r for r in hub.requests if r.startswith("GET ") and r.endswith("/" + WEIGHTS)]
+    assert len(fetched) == 1 and f"/{REPO}/resolve/" in fetched[0]
+
+
+@pytest.mark.browser
+def test_the_viewer_shows_a_progress_bar_while_a_hub_model_loads(
+    start_server, repo_folder, tmp_path, browser
+):
+    """The page opens a hub model: its own /inspect waits for the load, and the bar shows the
+    download; before and after, an idle page polls nothing."""
+    # About 11 s for the weights (1 MiB every 0.25 s).
+    with HubServer({REPO: repo_folder}, chunk=1 << 20, pause=0.25) as hub:
+        live = start_server(
+            HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(tmp_path / "hub-cache")
+        )
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        errors: list[str] = []
+        polls: list[float] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: r.url.endswith("/models") and polls.append(time.monotonic()))
+        try:
+            page.goto(live.url("/"))  # the default model: nothing loads from the hub
+            page.wait_for_timeout(3000)
+            idle = len(polls)
+            assert idle <= 1  # the model list the page reads once; no polling while idle
+
+            page.goto(live.url(f"/?model={quote(REPO)}&prompt=x"))
+            bar = f"[data-testid=load-progress] [data-model='{REPO}']"
+            page.wait_for_selector(f"{bar}[data-phase=downloading]", timeout=30_000)
+            page.wait_for_function(
+                f'(() => {{ const p = document.querySelector("{bar} progress");'
+                " return p && p.value > 0 && p.value < 1; })()",
+                timeout=15_000,
+            )
+            words = page.text_content(bar)
+            assert words.startswith(f"Downloading {REPO}: ") and "model.safetensors" in words
+            page.wait_for_selector("[data-testid=load-progress]", state="hidden", timeout=60_000)
+            settled = len(polls)
+            page.wait_for_timeout(3000)
+            assert len(polls) <= settled + 1  # the load is over: the polling stops
+            assert not errors
+        finally:
+            context.close()
