@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from app.analysis.patterns import PatternRecorder
 from app.engine import CausalLM, HeadSelection, ModelTask, Tokenizer, tensors
 from app.engine.attention import eager_attention
 from app.engine.decoding import standalone_texts
@@ -61,13 +62,16 @@ def inspect(
     if sel.include & {"logit_lens", "resid_norms"}:
         hooks = [_capture(blocks[i], i, residuals) for i in layers]
     want_attention = "attention" in sel.include
+    heads = None if sel.scope.heads is None else list(sel.scope.heads)
+    patterns = PatternRecorder(model, blocks, layers, heads, sel.attention_format, sel.attention_k)
     try:
         with eager_attention(model) if want_attention else nullcontext():
-            out = model(
-                torch.tensor([ids], device=model.device),
-                use_cache=False,
-                output_attentions=want_attention,
-            )
+            with patterns if want_attention else nullcontext():
+                out = model(
+                    torch.tensor([ids], device=model.device),
+                    use_cache=False,
+                    output_attentions=want_attention and patterns.needs_output,
+                )
     finally:
         for hook in hooks:
             hook.remove()
@@ -78,7 +82,7 @@ def inspect(
     if "logit_lens" in sel.include:
         answer["logit_lens"] = _logit_lens(model, ids, layers, residuals, sel.top_k, seen_ids)
     if want_attention:
-        answer["attention"] = _attention(out.attentions, layers, sel)
+        answer["attention"] = patterns.answer(out.attentions)
     if "resid_norms" in sel.include:
         answer["resid_norms"] = {
             part: tensors.encode_pieces(
@@ -175,36 +179,6 @@ def _final_norm(model: CausalLM) -> torch.nn.Module:
         if module is not None:
             return module
     return torch.nn.Identity()
-
-
-def _attention(attentions, layers: list[int], sel: Selection) -> dict[str, Any]:
-    """The selected layers' and heads' patterns, [L, H, T, T] dense or [L, H, T, k] top-k;
-    reduced one layer at a time (a float32 stack of every layer was 0.6 GB at 1024 tokens
-    on GPT-2 small)."""
-    heads = None if sel.scope.heads is None else list(sel.scope.heads)
-
-    def pattern(layer: int) -> torch.Tensor:  # [H, T, T]
-        weights = attentions[layer][0]
-        return weights if heads is None else weights[heads]
-
-    if sel.attention_format == "dense":
-        dense = torch.stack([pattern(i).to(torch.float16) for i in layers])
-        return {"format": "dense", "weights": tensors.encode_pieces(dense, "float16")}
-    tokens = attentions[layers[0]].shape[-1]
-    k = min(sel.attention_k, tokens)
-    query = torch.arange(tokens, device=attentions[layers[0]].device)[:, None]
-    all_weights, all_keys = [], []
-    for layer in layers:
-        weights, keys = pattern(layer).float().topk(k, dim=-1)
-        future = keys > query  # causal: a row has only query+1 real keys
-        all_weights.append(weights.masked_fill(future, 0))
-        all_keys.append(keys.masked_fill(future, -1))
-    return {  # AttentionPart's order: the answer is written as built (app/web/large.py)
-        "format": "topk",
-        "weights": tensors.encode_pieces(torch.stack(all_weights), "float16"),
-        "k": k,
-        "indices": tensors.encode_pieces(torch.stack(all_keys), "int32"),
-    }
 
 
 def estimate_bytes(tokens: int, n_heads: int, sel: Selection) -> int:
