@@ -99,12 +99,27 @@ def test_the_viewer_shows_a_progress_bar_while_a_hub_model_loads(
         errors: list[str] = []
         polls: list[float] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        open_calls: set = set()
         page.on("request", lambda r: r.url.endswith("/models") and polls.append(time.monotonic()))
+        page.on("request", lambda r: open_calls.add(r))
+        page.on("requestfinished", lambda r: open_calls.discard(r))
+        page.on("requestfailed", lambda r: open_calls.discard(r))
         try:
             page.goto(live.url("/"))  # the default model: nothing loads from the hub
-            page.wait_for_timeout(3000)
+            # Settled: the model and its views are shown, and no call of the page is open.
+            page.wait_for_function(
+                "!document.querySelector('[data-testid=generate]').disabled"
+                " && document.querySelector('[data-testid=lens]')?.dataset.state === 'ready'",
+                timeout=30_000,
+            )
+            deadline = time.monotonic() + 30
+            while open_calls and time.monotonic() < deadline:  # events arrive while it waits
+                page.wait_for_timeout(100)
+            assert not open_calls, [r.url for r in open_calls]
+            page.wait_for_timeout(500)
             idle = len(polls)
-            assert idle <= 1  # the model list the page reads once; no polling while idle
+            page.wait_for_timeout(3000)
+            assert len(polls) == idle  # no polling while the page waits for nothing
 
             page.goto(live.url(f"/?model={quote(REPO)}&prompt=x"))
             bar = f"[data-testid=load-progress] [data-model='{REPO}']"
