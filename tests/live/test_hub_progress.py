@@ -83,6 +83,37 @@ def test_a_hub_model_shows_its_download_in_models_and_in_stream_pings(
     assert len(fetched) == 1 and f"/{REPO}/resolve/" in fetched[0]
 
 
+def test_an_openai_stream_waits_for_its_hub_model_behind_progress_comments(
+    start_server, repo_folder, tmp_path
+):
+    """/v1 streams loaded the model before their headers: the client saw nothing until the
+    whole download was done. Now they open at once and carry the load's progress."""
+    size = (repo_folder / WEIGHTS).stat().st_size
+    with HubServer({REPO: repo_folder}, chunk=1 << 20, pause=0.1) as hub:
+        live = start_server(
+            HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(tmp_path / "hub-cache")
+        )
+        # (Chat streams take the same path; this model has no chat template.)
+        body = {"model": REPO, "prompt": "x", "max_tokens": 3, "stream": True, "ignore_eos": True}
+        started = time.monotonic()
+        url = live.url("/v1/completions")
+        with requests.post(url, json=body, stream=True, timeout=120) as r:
+            headers_after = time.monotonic() - started
+            status = r.status_code
+            lines = list(r.iter_lines(decode_unicode=True))
+        total = time.monotonic() - started
+    if status != 200:
+        pytest.fail(f"{status}: {lines[:3]}")
+    assert headers_after < total / 2, (headers_after, total)  # open long before the load ends
+    done = [
+        _weights(p)["done_bytes"] for p in _progress_comments(lines) if p["phase"] == "downloading"
+    ]
+    assert len(set(done)) >= 3 and done == sorted(done) and any(0 < d < size for d in done)
+    chunks = [line for line in lines if line.startswith("data: {")]
+    assert chunks and [line for line in lines if line][-1] == "data: [DONE]"
+    assert all(json.loads(c[6:])["model"] == REPO for c in chunks)
+
+
 @pytest.mark.browser
 def test_the_viewer_shows_a_progress_bar_while_a_hub_model_loads(
     start_server, repo_folder, tmp_path, browser

@@ -11,26 +11,26 @@ from app.config import Settings
 from app.engine import GenerationJob, SamplingParams
 from app.engine.threads import run_off_hub
 from app.errors import BadRequest
-from app.models import LoadedModel, PromptInput, prompts
+from app.models import ModelProfile, PromptInput, prompts
 from app.web.serving.run import Choice, Prompt
 from app.web.v1.bodies import logit_bias
 
 
-def tokenize(lm: LoadedModel, given: str | list[int], index: int) -> Prompt:
+def tokenize(profile: ModelProfile, given: str | list[int], index: int) -> Prompt:
     """A prompt's tokens; an empty text starts from the model's BOS token, as /generate does."""
     as_input = PromptInput(prompt=given) if isinstance(given, str) else PromptInput(token_ids=given)
     try:
-        tokens = run_off_hub(prompts.tokenize, lm, as_input)
+        tokens = run_off_hub(prompts.tokenize, profile, as_input)
     except BadRequest as exc:  # a token id outside the vocabulary, a text it cannot encode
         raise BadRequest(exc.message, param="prompt") from None
     if not tokens.ids:
-        bos = lm.tokenizer.bos_token_id
+        bos = profile.tokenizer.bos_token_id
         if bos is None:
             raise BadRequest(
                 "the prompt is empty and this model has no beginning-of-sequence token",
                 param="prompt",
             )
-        tokens = run_off_hub(prompts.tokenize, lm, PromptInput(token_ids=[bos]))
+        tokens = run_off_hub(prompts.tokenize, profile, PromptInput(token_ids=[bos]))
     return Prompt(index, tokens.prompt, tokens.ids, tokens)
 
 
@@ -50,13 +50,13 @@ def plan(
     return choices
 
 
-def sampling(lm: LoadedModel, body: Any, max_tokens: int, top: int | None) -> SamplingParams:
+def sampling(profile: ModelProfile, body: Any, max_tokens: int, top: int | None) -> SamplingParams:
     """The engine's parameters for a completion or chat body; OpenAI's defaults:
     temperature 1 and top_p 1. `top`: alternatives per token (None: no logprobs)."""
     bias = logit_bias(body)
     if bias:
         try:
-            prompts.check_token_ids(lm, [token_id for token_id, _ in bias])
+            prompts.check_token_ids(profile, [token_id for token_id, _ in bias])
         except BadRequest as exc:
             raise BadRequest(f"logit_bias: {exc.message}", param="logit_bias") from None
     top_p = 1.0 if body.top_p is None else body.top_p
@@ -90,9 +90,9 @@ def check_queue(planned: list[Choice], settings: Settings) -> None:
         )
 
 
-def room(lm: LoadedModel, prompt_tokens: int, settings: Settings) -> int:
+def room(profile: ModelProfile, prompt_tokens: int, settings: Settings) -> int:
     """A chat's default token limit: the rest of the context, up to LLMVIZ_MAX_NEW_TOKENS."""
-    limit = lm.context_length
+    limit = profile.context_length
     room = (
         settings.max_new_tokens
         if limit is None

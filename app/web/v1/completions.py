@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -18,7 +19,7 @@ from app import analysis, models
 from app.config import Settings
 from app.engine.threads import run_off_hub
 from app.errors import APIError, BadRequest
-from app.models import LoadedModel, PromptInput, prompts
+from app.models import LoadedModel, ModelProfile, ModelSpec, PromptInput, prompts
 from app.web import parsing, requestlog, sse
 from app.web.disconnect import disconnect_probe
 from app.web.docs import documented
@@ -42,22 +43,24 @@ def completions():
     """OpenAI's text completions: one or more prompts, n choices each, optionally streamed."""
     body: CompletionRequest = parsing.read_body(CompletionRequest)
     settings = parsing.settings()
-    lm = _model(body.model)
+    top = body.logprobs
+    scoring = bool(body.echo) and top is not None  # scores the prompt: needs the weights now
+    target = _target(body.model, cold_ok=bool(body.stream) and not scoring)
+    profile = target.profile
     max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
     loop.check_limit(max_tokens, settings, "max_tokens")
-    prompt_list = [choices.tokenize(lm, given, i) for i, given in enumerate(body.prompts())]
+    prompt_list = [choices.tokenize(profile, given, i) for i, given in enumerate(body.prompts())]
     for prompt in prompt_list:
-        loop.check_context(lm.profile, len(prompt.ids), max_tokens, "max_tokens")
-    top = body.logprobs
-    params = choices.sampling(lm, body, max_tokens, top)
+        loop.check_context(profile, len(prompt.ids), max_tokens, "max_tokens")
+    params = choices.sampling(profile, body, max_tokens, top)
     planned = choices.plan(prompt_list, body.n or 1, params, body.stops)
     choices.check_queue(planned, settings)
     scores = {}
-    if body.echo and top is not None:
-        scores = _score(lm, prompt_list, top)
-    meta = Meta(f"cmpl-{uuid.uuid4().hex}", int(time.time()), lm.model_id)
+    if scoring and target.lm is not None:
+        scores = _score(target.lm, prompt_list, top or 0)
+    meta = Meta(f"cmpl-{uuid.uuid4().hex}", int(time.time()), profile.model_id)
     view = CompletionView(meta, bool(body.echo), top, scores)
-    return _answer(lm, body, planned, view, settings)
+    return _answer(target, body, planned, view, settings)
 
 
 @bp.post("/chat/completions")
@@ -66,39 +69,64 @@ def chat_completions():
     """OpenAI's chat completions: the messages go through the model's chat template."""
     body: ChatCompletionRequest = parsing.read_body(ChatCompletionRequest)
     settings = parsing.settings()
-    lm = _model(body.model)
+    target = _target(body.model, cold_ok=bool(body.stream))
+    profile = target.profile
     try:
-        text, ids = run_off_hub(prompts.encode, lm, PromptInput(messages=body.chat()))
+        text, ids = run_off_hub(prompts.encode, profile, PromptInput(messages=body.chat()))
     except BadRequest as exc:
         raise BadRequest(exc.message, param="messages") from None
     field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-    max_tokens = body.token_limit or choices.room(lm, len(ids), settings)
+    max_tokens = body.token_limit or choices.room(profile, len(ids), settings)
     loop.check_limit(max_tokens, settings, field)
-    loop.check_context(lm.profile, len(ids), max_tokens, field)
+    loop.check_context(profile, len(ids), max_tokens, field)
     top = (body.top_logprobs or 0) if body.logprobs else None
-    params = choices.sampling(lm, body, max_tokens, top)
+    params = choices.sampling(profile, body, max_tokens, top)
     planned = choices.plan([Prompt(0, text, ids)], body.n or 1, params, body.stops)
     choices.check_queue(planned, settings)
-    meta = Meta(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), lm.model_id)
+    meta = Meta(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), profile.model_id)
     view = ChatView(meta, bool(body.logprobs))
-    return _answer(lm, body, planned, view, settings)
+    return _answer(target, body, planned, view, settings)
 
 
-def _model(model_id: str | None) -> LoadedModel:
-    """The model asked for, loaded; its errors name the `model` field."""
+@dataclass(frozen=True)
+class _Target:
+    """The model a request names: `lm` when its weights are in memory (or were loaded for
+    it); None for a stream that will wait for them behind pings."""
+
+    spec: ModelSpec
+    profile: ModelProfile
+    lm: LoadedModel | None
+
+
+def _target(model_id: str | None, cold_ok: bool) -> _Target:
+    """The model asked for; its errors name the `model` field.
+
+    With `cold_ok` (a stream), a model whose weights are not in memory yet is not waited
+    for here: its tokenizer and config load in moments, so every bad request is still a
+    plain JSON error, and the weights then load while the stream's headers go out and its
+    pings (with the load's progress) keep it open, as on /generate/stream.
+    """
     try:
-        return models.cache.get(parsing.model_spec(model_id))
+        spec = parsing.model_spec(model_id)
+        lm = models.cache.peek(spec) if cold_ok else models.cache.get(spec)
+        if lm is None:
+            return _Target(spec, run_off_hub(models.load_profile, spec), None)
+        return _Target(spec, lm.profile, lm)
     except APIError as exc:
         exc.param = exc.param or "model"
         raise
 
 
 def _answer(
-    lm: LoadedModel, body: Any, planned: list[Choice], view: View, settings: Settings
+    target: _Target, body: Any, planned: list[Choice], view: View, settings: Settings
 ) -> Response:
-    """Queue the run; answer with one JSON body or a stream."""
-    run = Run(lm.model_id, planned, requestlog.record())
-    run.submit(lm)
+    """Queue the run (or, for a cold stream, start the load); answer with one JSON body or
+    a stream."""
+    run = Run(target.profile.model_id, planned, requestlog.record())
+    if target.lm is not None:
+        run.submit(target.lm)
+    else:
+        models.cache.begin(target.spec, target.profile)
     if body.user is not None:
         run.record["user"] = body.user
     ping, client_gone = settings.sse_ping_seconds, disconnect_probe(request.environ)
@@ -108,7 +136,8 @@ def _answer(
         # built and encoded off the hub (n=16 with 20 alternatives stalled /health 8.7 s).
         return reply_off_hub(lambda: view.whole(run.choices))
     usage = bool(body.stream_options and body.stream_options.include_usage)
-    stream = loop.stream(run, ChunkFramer(view, usage), ping, client_gone)
+    cold = None if target.lm is not None else target.spec
+    stream = loop.stream(run, ChunkFramer(view, usage), ping, client_gone, cold=cold)
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS)
 
 
