@@ -190,6 +190,8 @@ def test_reloads_and_scale_down_fail_no_request_on_a_new_connection(start_server
                     message=f"the old workers to exit after {sig.name}",
                 )
             wait_for(lambda done=done: served_since(done), timeout=60, message="more requests")
+    except AssertionError as exc:  # the workers' own account of what they were doing
+        raise AssertionError(f"{exc}\n--- gunicorn's log, its end:\n{live.log()[-6000:]}") from None
     finally:
         stop.set()
         for thread in threads:
