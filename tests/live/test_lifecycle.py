@@ -175,7 +175,7 @@ def test_reloads_and_scale_down_fail_no_request_on_a_new_connection(start_server
             before = set(live.worker_pids())
             with lock:
                 done = len(results)
-            live.proc.send_signal(sig)
+            _signal_master(live, sig)
             if sig in (signal.SIGTTIN, signal.SIGTTOU):  # one more worker, then one less
                 count = 2 if sig == signal.SIGTTIN else 1
                 wait_for(
@@ -191,7 +191,11 @@ def test_reloads_and_scale_down_fail_no_request_on_a_new_connection(start_server
                 )
             wait_for(lambda done=done: served_since(done), timeout=60, message="more requests")
     except AssertionError as exc:  # the workers' own account of what they were doing
-        raise AssertionError(f"{exc}\n--- gunicorn's log, its end:\n{live.log()[-6000:]}") from None
+        lines = [line for line in live.log().splitlines() if "llmviz.requests" not in line]
+        tail = "\n".join(lines[-60:])
+        raise AssertionError(
+            f"{exc}\n--- gunicorn's log but request lines, its end:\n{tail}"
+        ) from None
     finally:
         stop.set()
         for thread in threads:
@@ -200,6 +204,31 @@ def test_reloads_and_scale_down_fail_no_request_on_a_new_connection(start_server
     print(f"\n{len(results)} requests over 3 reloads and a scale-down; failed: {failed[:5]}")
     assert not failed, failed[:5]
     assert len(results) >= 100
+
+
+def _signal_master(live, sig: signal.Signals) -> None:
+    """Send `sig` to gunicorn's master and wait until it logs handling it.
+
+    Under heavy machine load, gunicorn 27.0.1's master was seen (2 runs in about 15) not
+    acting on a signal for over 60 s: no "Handling signal" line at all, so the old workers
+    were never told to stop. That is the master's signal queue, not what this test is
+    about (whether a stopping worker fails requests), so a signal not acknowledged within
+    15 s is sent again, and the test says so.
+    """
+    name = sig.name[3:].lower()
+    handled = live.log().count(f"Handling signal: {name}")
+    for attempt in range(3):
+        live.proc.send_signal(sig)
+        try:
+            wait_for(
+                lambda: live.log().count(f"Handling signal: {name}") > handled,
+                timeout=15,
+                message=f"the master to handle {sig.name}",
+            )
+            return
+        except AssertionError:
+            print(f"\ngunicorn's master did not handle {sig.name} in 15 s (try {attempt + 1})")
+    raise AssertionError(f"gunicorn's master never handled {sig.name}")
 
 
 def test_health_stays_fast_while_a_gpt2_vocabulary_model_loads(start_server, big_root):
