@@ -107,7 +107,9 @@ def build_llama_cpp(log: Path) -> None:
     if not LCPP_SOURCE.exists():
         spec = f"llama-cpp-python=={LLAMA_CPP_PYTHON}"
         pip = str(VENV_TF / "bin" / "pip")
-        run([pip, "download", "-q", "--no-deps", "--no-binary=:all:", spec, "-d", "dl"], log)
+        # Source for this package only: its build tools may come as wheels.
+        no_wheel = "--no-binary=llama-cpp-python"
+        run([pip, "download", "-q", "--no-deps", no_wheel, spec, "-d", "dl"], log)
         with tarfile.open(PEERS / "dl" / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz") as sdist:
             sdist.extractall(PEERS, filter="data")
     build = str(LLAMA_SERVER.parent.parent)
@@ -132,17 +134,39 @@ def convert_gguf(model_dir: Path, name: str, log: Path) -> None:
     (copy / "config.json").write_text(json.dumps(config, indent=2))
     converter = str(LCPP_SOURCE / "convert_hf_to_gguf.py")
     python = str(VENV_TF / "bin" / "python")
-    run([python, converter, str(copy), "--outfile", str(target), "--outtype", "f32"], log)
+    partial = target.with_suffix(".part")  # a failed conversion leaves no GGUF to find
+    run([python, converter, str(copy), "--outfile", str(partial), "--outtype", "f32"], log)
+    partial.rename(target)
     shutil.rmtree(copy)
 
 
 def ensure_gpt2_small() -> Path:
-    """GPT-2 small's shape with random weights (tests/support/tiny_models.py), built once."""
+    """GPT-2 small's shape (124 M parameters) with random weights, and GPT-2's own tokenizer
+    (the demo model's), built once.
+
+    GPT-2's tokenizer rather than the one tests/support/tiny_models.py trains: llama.cpp's
+    converter knows a tokenizer only by the hash of its output on a test text, and refuses
+    one it has not seen ("BPE pre-tokenizer was not recognized"), and every server should
+    cut the prompts the same way.
+    """
     if not (GPT2_SMALL / "config.json").exists():
-        from tests.support.tiny_models import save_gpt2_small_shape
+        import torch
+        from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
         print(f"building {GPT2_SMALL} ...", flush=True)
-        save_gpt2_small_shape(GPT2_SMALL)
+        tokenizer = AutoTokenizer.from_pretrained(SHAKESPEARE)
+        torch.manual_seed(0)
+        config = GPT2Config(
+            vocab_size=len(tokenizer),  # 50,257
+            n_positions=1024,
+            n_embd=768,
+            n_layer=12,
+            n_head=12,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        GPT2LMHeadModel(config).save_pretrained(GPT2_SMALL)
+        tokenizer.save_pretrained(GPT2_SMALL)
     return GPT2_SMALL
 
 

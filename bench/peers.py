@@ -23,9 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 from bench.oai_load import Load, run_load
 from bench.peer_report import Results, cell_of, table
@@ -89,46 +90,68 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_gpt2_small()
     servers = [s for s in SERVERS if s in args.servers]  # this server first, as in the table
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} CPUs; {args.runs} runs")
-    results: Results = {}
-    missing: dict[str, str] = {}
-    every_run: list[dict] = []
-    for key in args.models:
-        model = MODEL_SET[key]
-        for name in servers:
-            server = SERVERS[name]
-            why = server.missing(model)
-            if why is None:
-                try:
-                    measured = measure(server, model, args.streams, args.max_tokens, args.runs)
-                except (StartFailed, RuntimeError) as error:
-                    cause = f" ({error.__cause__!r})" if error.__cause__ else ""
-                    why = f"{error}{cause}"
-                else:
-                    cells = {n: cell_of(loads) for n, loads in measured.items()}
-                    results.setdefault(model.label, {})[name] = cells
-                    every_run += [
-                        {"model": model.label, "server": name, **asdict(load)}
-                        for loads in measured.values()
-                        for load in loads
-                    ]
-            if why is not None:
-                missing[f"{name} on {model.label}"] = why
-                print(f"[{name} | {model.label}] missing: {why}", flush=True)
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} CPUs; {args.max_tokens} new"
+        f" tokens a stream, greedy, past end-of-sequence; medians of {args.runs} runs"
+    )
+    # SIGTERM as Ctrl-C: a run stopped early still stops its server and prints what it has.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    done = Done()
+    try:
+        for key in args.models:
+            for name in servers:
+                compare_one(done, SERVERS[name], MODEL_SET[key], args)
+                if args.json:
+                    done.write(args.json)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the table holds the servers measured so far")
     print()
-    print(table(results, servers, missing))
-    if args.json:
+    print(table(done.results, servers, done.missing))
+    return 0
+
+
+@dataclass
+class Done:
+    """What has been measured so far, and what could not be."""
+
+    results: Results = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    every_run: list[dict] = field(default_factory=list)
+
+    def write(self, path: str) -> None:
+        """The figures and every run, as JSON."""
         figures = {
             "cells": {
                 model: {s: {n: asdict(c) for n, c in cells.items()} for s, cells in by.items()}
-                for model, by in results.items()
+                for model, by in self.results.items()
             },
-            "missing": missing,
-            "runs": every_run,
+            "missing": self.missing,
+            "runs": self.every_run,
         }
-        with open(args.json, "w") as out:
+        with open(path, "w") as out:
             json.dump(figures, out, indent=2)
-    return 0
+
+
+def compare_one(done: Done, server: Server, model: BenchModel, args: argparse.Namespace) -> None:
+    """Measure `server` on `model` into `done`, or note there why it could not be."""
+    why = server.missing(model)
+    if why is None:
+        try:
+            measured = measure(server, model, args.streams, args.max_tokens, args.runs)
+        except (StartFailed, RuntimeError) as error:
+            cause = f" ({error.__cause__!r})" if error.__cause__ else ""
+            why = f"{error}{cause}"
+        else:
+            cells = {n: cell_of(loads) for n, loads in measured.items()}
+            done.results.setdefault(model.label, {})[server.name] = cells
+            done.every_run += [
+                {"model": model.label, "server": server.name, **asdict(load)}
+                for loads in measured.values()
+                for load in loads
+            ]
+    if why is not None:
+        done.missing[f"{server.name} on {model.label}"] = why
+        print(f"[{server.name} | {model.label}] missing: {why}", flush=True)
 
 
 if __name__ == "__main__":
