@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,9 +60,10 @@ MODEL_SET = {
 
 
 @dataclass(frozen=True)
-class Server:
+class Server(ABC):
     """How to run one server: `argv` and `env` (added to ours) for a model and port,
-    the name its requests give the model, and how they spell ignore-EOS."""
+    the name its requests give the model, and how they spell ignore-EOS. `needs`: the
+    files its build leaves (bench/peer_setup.py)."""
 
     name: str
     spelling: Spelling = ignore_eos
@@ -78,15 +80,19 @@ class Server:
         return None
 
     def model_files(self, model: BenchModel) -> tuple[Path, ...]:
+        """The model as this server reads it."""
         return (model.folder / "config.json",)
 
+    @abstractmethod
     def argv(self, model: BenchModel, port: int) -> list[str]:
-        raise NotImplementedError
+        """The command that serves `model` on 127.0.0.1:`port`."""
 
     def env(self, model: BenchModel) -> dict[str, str]:
+        """Variables added to this process's environment."""
         return {}
 
     def model_name(self, model: BenchModel) -> str:
+        """The `model` field of its requests."""
         return model.label
 
 
