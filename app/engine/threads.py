@@ -115,6 +115,38 @@ def run_off_hub(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     raise value
 
 
+def run_on_new_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Call `fn(*args, **kwargs)` on a native thread of its own, which exits once it returns;
+    wait for it (blocking only the calling greenlet) and return its result or raise its error.
+
+    For torch work that must leave no thread behind: each thread that runs a parallel
+    torch operation keeps an OpenMP team of its own, and once libgomp manages more threads
+    than there are CPUs it stops spinning between parallel regions (its "throttled" spin
+    count), so every region of the model's worker pays a futex wake-up. Measured on the
+    2-core development machine: loaded on a thread of gevent's pool (which lives on), the
+    demo model's decoding step took 7.3 ms instead of 4.3 ms.
+    """
+    mailbox = Mailbox()
+    call = functools.partial(fn, *args, **kwargs)
+
+    def run() -> None:
+        try:
+            mailbox.put(_outcome(call))
+        except BaseException as exc:  # SystemExit and the like: never leave the caller waiting
+            mailbox.put((False, RuntimeError(f"the thread stopped: {exc!r}")))
+            raise
+
+    start_native_thread(run)
+    while True:
+        try:
+            ok, value = mailbox.get(timeout=3600.0)
+        except TimeoutError:
+            continue  # a slow download: keep waiting, as run_off_hub does
+        if ok:
+            return value
+        raise value
+
+
 def _outcome(call: Callable[[], T]) -> tuple[bool, T | Exception]:
     """(True, the result) or (False, the exception): the pool never sees an error."""
     try:

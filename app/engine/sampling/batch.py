@@ -108,6 +108,10 @@ def _process(
         penalty = counts * penalties.frequency
         penalty += (counts > 0).float() * penalties.presence
         scores = _add_rows(scores, penalties.rows, -penalty, fresh)
+    if not params.sampled and not params.logprobs:
+        # Greedy rows only read the argmax, which clamping ±inf cannot move (the order is
+        # kept, and the first of tied maxima stays first): skip a [rows, vocab] copy a step.
+        return scores
     largest = torch.finfo(scores.dtype).max
     scores = scores.nan_to_num(nan=float("nan"), posinf=largest, neginf=-largest)
     if params.tempered is not None:
