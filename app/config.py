@@ -12,6 +12,7 @@ from typing import Any
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZE = ("none", "int8", "float16")  # app/models/quantizing.py
 # Numbers in ASCII only: int() and float() also read other scripts' digits ("٣" is 3),
 # underscores, "nan" and "inf", none of which a setting means.
 _INT = re.compile(r"[+-]?[0-9]+")
@@ -31,6 +32,7 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     packed_weights: bool = True  # float32 on a CPU: linear layers run through oneDNN
+    quantize: str = "none"  # int8 or float16 linear weights on a CPU (approximate)
     max_body_bytes: int = 1024 * 1024
     max_batch: int = 8
     max_queue: int = 32
@@ -101,6 +103,13 @@ class Settings:
             raise ValueError(f"LLMVIZ_DEVICE must be one of {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"LLMVIZ_DTYPE must be one of {', '.join(DTYPES)}")
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"LLMVIZ_QUANTIZE must be one of {', '.join(QUANTIZE)}")
+        if self.quantize != "none" and (self.device == "cuda" or self.dtype not in _FLOAT32):
+            raise ValueError(
+                "LLMVIZ_QUANTIZE needs float32 weights on a CPU: "
+                "leave LLMVIZ_DEVICE and LLMVIZ_DTYPE at auto, cpu or float32"
+            )
         for f in fields(self):
             if f.type == "int" and getattr(self, f.name) < 1:
                 raise ValueError(f"LLMVIZ_{f.name.upper()} must be at least 1")
@@ -124,6 +133,8 @@ class Settings:
             keys += read_keys_file(Path(self.api_keys_file))
         return tuple(keys)
 
+
+_FLOAT32 = ("auto", "float32")  # dtypes that are float32 on a CPU
 
 # Settings that, once given a value, restrict who may do what. Given a value that yields
 # nothing, they would silently restrict nothing (agentfield #424): `from_env` refuses that.

@@ -138,6 +138,18 @@ def _next_token(logits: torch.Tensor, k: int, seen_ids: list[int]) -> dict[str, 
     }
 
 
+def _output_size(layer: torch.nn.Module) -> int:
+    """The width of a linear layer's output (the vocabulary, for an LM head): `out_features`
+    where it says (nn.Linear, packed or quantized layers), else its weight's rows."""
+    size = getattr(layer, "out_features", None)
+    weight = getattr(layer, "weight", None)
+    if size is None and isinstance(weight, torch.Tensor):
+        size = weight.shape[0]
+    if size is None:
+        raise TypeError(f"{type(layer).__name__} says neither its out_features nor its weight")
+    return int(size)
+
+
 def _logit_lens(model, ids, layers, residuals, k, seen_ids) -> dict[str, Any]:
     """Each layer's top-k through the final norm and the unembedding, and the rank of the
     actual next token. Only what is returned is kept: the [positions, vocab] logits are
@@ -146,13 +158,14 @@ def _logit_lens(model, ids, layers, residuals, k, seen_ids) -> dict[str, Any]:
     unembed = model.get_output_embeddings()
     softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     targets = torch.tensor(ids[1:] + [-1], device=model.device)
-    k = min(k, unembed.weight.shape[0])
-    rows = positions_per_chunk(unembed.weight.shape[0])
+    vocab = _output_size(unembed)
+    k = min(k, vocab)
+    rows = positions_per_chunk(vocab)
     all_ids, all_probs, ranks = [], [], []
     for layer in layers:
         hidden = residuals[layer][1]
         for start in range(0, len(ids), rows):
-            logits = unembed(final_norm(hidden[start : start + rows].to(unembed.weight.dtype)))
+            logits = unembed(final_norm(hidden[start : start + rows].to(model.dtype)))
             logits = logits.float()
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap

@@ -147,6 +147,13 @@ class SizedModel(Protocol):
     def get_output_embeddings(self) -> Any: ...
 
 
+def _packed_weights(model: object) -> int:
+    """Weights that modules hold outside their parameters, as they declare them in a
+    `packed_weights` count (quantized layers: app/models/quantizing.py)."""
+    modules = getattr(model, "modules", None)
+    return sum(getattr(m, "packed_weights", 0) for m in modules()) if callable(modules) else 0
+
+
 def keys_per_token(model: object) -> float:
     """Keys whose attention costs a query token as much as its matrix products (K).
 
@@ -159,10 +166,12 @@ def keys_per_token(model: object) -> float:
     if not isinstance(model, SizedModel):
         return math.inf
     try:
-        params = model.num_parameters(exclude_embeddings=True)
+        params = model.num_parameters(exclude_embeddings=True) + _packed_weights(model)
         head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
-        if head is not None and head.weight is not getattr(embedding, "weight", None):
-            params -= head.weight.numel()  # counted above unless tied to the embedding
+        weight = getattr(head, "weight", None)  # a quantized head holds none (a packed copy)
+        if weight is not None and weight is not getattr(embedding, "weight", None):
+            params -= weight.numel()  # counted above unless tied to the embedding
+        params -= getattr(head, "packed_weights", 0)
         config = model.config
         return params / (2 * config.num_hidden_layers * config.hidden_size)
     except (AttributeError, TypeError, ZeroDivisionError):

@@ -74,6 +74,7 @@ class LoadedModel:
     device: str = "cpu"  # "cpu", "cuda:0", ...
     dtype: str = "float32"
     packed_layers: int = 0  # linear layers packed for oneDNN (app/models/packing.py)
+    quantization: str = "none"  # or int8, float16 linear weights (app/models/quantizing.py)
     last_used: float = field(default_factory=time.time)
     # Set by the cache, under its lock: out of the LRU, finishing accepted work (retiring),
     # then told to stop and freeing its weights (closing). See ModelCache.
@@ -124,8 +125,9 @@ class LoadedModel:
         return now - max(self.last_used, self.worker.last_finished)
 
     def placement(self) -> dict[str, str]:
-        """Where the weights live: `device` ("cpu", "cuda:0") and `dtype` ("float32", ...)."""
-        return {"device": self.device, "dtype": self.dtype}
+        """Where the weights live and how exact they are: `device` ("cpu", "cuda:0"), `dtype`
+        ("float32", ...) and `quantization` ("none", or "int8"/"float16" linear weights)."""
+        return {"device": self.device, "dtype": self.dtype, "quantization": self.quantization}
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for GET /models."""

@@ -26,6 +26,7 @@ from app.errors import BadRequest, ModelLoadFailed, ModelNotFound
 from app.models import hub, progress
 from app.models.loaded import LoadedModel, ModelProfile
 from app.models.packing import pack_linear_layers
+from app.models.quantizing import quantize_linear_layers, weight_bytes
 from app.models.resolution import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
     # transformers wraps `to` with functools.wraps, which mypy cannot bind to an instance;
     # called on the model's own class, it is the same method with the same checks.
     type(model).to(model, device).eval()
+    quantized = _quantize(model, settings.quantize, spec)
     packed = pack_linear_layers(model) if settings.packed_weights else 0
     eos_ids = _eos_ids(model, profile.tokenizer)
     seconds = time.perf_counter() - started
@@ -90,7 +92,7 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
         seconds,
         f" ({packed} linear layers packed for oneDNN)" if packed else "",
     )
-    memory = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    memory = weight_bytes(model)
     # The worker's thread starts last: a failure before it leaves no thread holding weights
     # that no listing shows.
     worker = ModelWorker(
@@ -110,7 +112,21 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
         device=str(model.device),
         dtype=str(model.dtype).removeprefix("torch."),
         packed_layers=packed,
+        quantization=settings.quantize if quantized else "none",
     )
+
+
+def _quantize(model: PreTrainedModel, kind: str, spec: ModelSpec) -> int:
+    """Quantize the linear layers as LLMVIZ_QUANTIZE asks; how many were replaced.
+
+    Raises ModelLoadFailed where the model cannot be (a GPU picked by LLMVIZ_DEVICE=auto).
+    """
+    if kind == "none":
+        return 0
+    try:
+        return quantize_linear_layers(model, kind)
+    except ValueError as exc:
+        raise ModelLoadFailed(f"loading model {spec.model_id!r} failed: {exc}") from None
 
 
 def _download(spec: ModelSpec, tracker: progress.LoadProgress) -> None:

@@ -83,7 +83,7 @@ def pack_linear_layers(model: nn.Module) -> int:
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if _plain_linear(child)
+        if plain_linear(child)
     ]
     if not layers or not _reproduces(layers[0][2]):
         return 0
@@ -92,16 +92,19 @@ def pack_linear_layers(model: nn.Module) -> int:
     return len(layers)
 
 
-def _plain_linear(module: nn.Module) -> TypeGuard[nn.Linear | Conv1D]:
+def plain_linear(module: nn.Module) -> TypeGuard[nn.Linear | Conv1D]:
     """An `nn.Linear` or a `Conv1D` itself: a subclass (quantized, adapter) may hold its
     weight differently or add to the product, so it is not one of these."""
     return type(module) in (nn.Linear, Conv1D)
 
 
+def out_in_weight(layer: nn.Linear | Conv1D) -> torch.Tensor:
+    """The layer's weight as [out_features, in_features] (Conv1D holds it transposed)."""
+    return layer.weight.t() if isinstance(layer, Conv1D) else layer.weight
+
+
 def _packed(layer: nn.Linear | Conv1D) -> PackedLinear:
-    # Conv1D holds its weight transposed: [in_features, out_features].
-    weight = layer.weight.t() if isinstance(layer, Conv1D) else layer.weight
-    return PackedLinear(weight, layer.bias)
+    return PackedLinear(out_in_weight(layer), layer.bias)
 
 
 @torch.inference_mode()

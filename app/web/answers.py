@@ -116,6 +116,10 @@ class LoadedModelInfo(_Out):
     source: Literal["local", "hub"]
     device: str
     dtype: str
+    quantization: Literal["none", "int8", "float16"] = Field(
+        description="`none`: the weights as loaded. `int8` or `float16`: the linear layers'"
+        " weights stored smaller (LLMVIZ_QUANTIZE), so every number is approximate."
+    )
     context_length: int | None
     load_seconds: float
     memory_bytes: int
@@ -203,6 +207,9 @@ class ArchitectureResponse(Architecture):
     raw_config: dict[str, Any]
     dtype: str | None = Field(None, description="Only when the model is loaded.")
     device: str | None = Field(None, description="Only when the model is loaded.")
+    quantization: Literal["none", "int8", "float16"] | None = Field(
+        None, description="Only when the model is loaded: see GET /models."
+    )
 
 
 class FrontendConfigResponse(BaseModel):

@@ -117,7 +117,7 @@ def test_the_loader_packs_unless_told_not_to(model_root, packed):
         layers = len(_linear_layers(_load(model_root, "tiny-llama")))
         assert loaded.packed_layers == (layers if packed else 0)
         assert loaded.describe()["packed_layers"] == loaded.packed_layers
-        assert loaded.placement() == {"device": "cpu", "dtype": "float32"}
+        assert loaded.placement() == {"device": "cpu", "dtype": "float32", "quantization": "none"}
     finally:
         loaded.worker.close(cancel=True)
         loaded.worker.join(30)
