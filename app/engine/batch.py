@@ -25,6 +25,7 @@ from transformers.cache_utils import CacheLayerMixin
 from app.engine.attention import HeadSelection, eager_attention
 from app.engine.contract import CausalLM, ForwardOutput, cache_keyword
 from app.engine.kvcache import GrowingLayer, filled, growing_cache, headroom, stack_left_padded
+from app.engine.lean import lean_step
 from app.engine.mixed import BatchPart, Part, mixed_forward, padded_mask
 
 _MERGEABLE = (GrowingLayer,)  # full-attention layers (growing_cache); sliding windows cannot merge
@@ -41,8 +42,10 @@ class Step:
 class DecodeBatch:
     """Rows decoded together over one left-padded KV cache."""
 
-    def __init__(self, model: CausalLM) -> None:
+    def __init__(self, model: CausalLM, lean: bool = True) -> None:
+        """`lean`: plain steps may take the model's lean step (app/engine/lean.py)."""
         self._model = model
+        self._lean = lean_step(model) if lean else None
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, columns]: 1 = real token, 0 = padding
         self._lengths: list[int] = []  # real tokens per row
@@ -105,7 +108,11 @@ class DecodeBatch:
         watched = any(w is not None for w in self.watches)
         columns = [_columns(layer) for layer in cache.layers]
         try:
-            out = self._forward(ids, cache, mask if padded else None, positions, watched)
+            out: ForwardOutput
+            if self._lean is not None and not watched:
+                out = self._lean(ids, positions, cache, mask if padded else None)
+            else:
+                out = self._forward(ids, cache, mask if padded else None, positions, watched)
         except Exception:
             self._roll_back(columns)
             raise

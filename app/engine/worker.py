@@ -22,6 +22,7 @@ from app.engine.backlog import QueuePace
 from app.engine.contract import CausalLM, Tokenizer
 from app.engine.isolation import fail
 from app.engine.job import GenerationJob
+from app.engine.lean import lean_step
 from app.engine.running import PassCounters, RunningGroup
 from app.engine.threads import Mailbox, NativeQueue, native_lock, start_native_thread
 
@@ -196,6 +197,7 @@ class ModelWorker:
             }
 
     def _serve(self) -> None:
+        lean_step(self._model)  # proved here, on this thread, before the first request waits
         closing = False
         while not (closing and not self._running):
             closing = self._round() or closing

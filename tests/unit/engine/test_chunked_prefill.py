@@ -14,6 +14,7 @@ from app.engine import DoneEvent, ErrorEvent, GenerationJob, ModelTask, ModelWor
 from app.engine.attention import HeadSelection
 from app.engine.batch import DecodeBatch, SoloSequence
 from app.engine.events import TokenEvent
+from app.engine.lean import lean_step
 from app.engine.pace import PrefillPace
 from app.engine.running import PassCounters, RunningGroup
 from tests.support.scripted import FAIL, LetterTokenizer, ScriptedLM
@@ -101,14 +102,16 @@ def _tokens(job: GenerationJob) -> list[int]:
 
 
 def _record_passes(model) -> list[tuple[int, int]]:
-    """Record the input shape of every pass through the model's decoder (mixed or not)."""
+    """Record the input shape of every pass (mixed, plain or lean: app/engine/lean.py): each
+    embeds its token ids first."""
     passes = []
 
     def record(module, args, kwargs):
-        ids = args[0] if args else kwargs["input_ids"]
+        ids = args[0] if args else kwargs["input"]
         passes.append(tuple(ids.shape))
 
-    model.base_model.register_forward_pre_hook(record, with_kwargs=True)
+    lean_step(model)  # its proof's passes (run once per model, as a worker starts) come first
+    model.get_input_embeddings().register_forward_pre_hook(record, with_kwargs=True)
     return passes
 
 

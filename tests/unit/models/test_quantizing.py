@@ -94,6 +94,12 @@ def test_settings_that_cannot_quantize_stop_startup(env, message):
         Settings.from_env(env)
 
 
+def _listed(client, model_id: str) -> list[dict]:
+    """The copies of `model_id` that GET /models lists in use (not retiring)."""
+    loaded = client.get("/models").get_json()["loaded"]
+    return [m for m in loaded if m["model_id"] == model_id and not m["retiring"]]
+
+
 @pytest.mark.parametrize("kind", ["int8", "float16"])
 def test_a_quantized_model_serves_and_says_so(model_root, fresh_cache, kind):
     client = create_app({"model_root": model_root, "quantize": kind}).test_client()
@@ -104,14 +110,14 @@ def test_a_quantized_model_serves_and_says_so(model_root, fresh_cache, kind):
     inspected = client.post("/inspect", json={**body, "include": ["logit_lens", "attention"]})
     assert inspected.status_code == 200, inspected.get_json()
     assert {"logit_lens", "attention"} <= set(inspected.get_json())
-    (listed,) = client.get("/models").get_json()["loaded"]
+    (listed,) = _listed(client, "tiny-gpt2")
     assert listed["quantization"] == kind and listed["packed_layers"] == 0
     config = client.get("/models/tiny-gpt2/config").get_json()
     assert config["quantization"] == kind
     models.cache.clear()
     exact = create_app({"model_root": model_root}).test_client()
     exact.post("/tokenize", json={"model_id": "tiny-gpt2", "prompt": "x"})
-    (plain,) = exact.get("/models").get_json()["loaded"]
+    (plain,) = _listed(exact, "tiny-gpt2")
     assert plain["quantization"] == "none"
     assert listed["memory_bytes"] < plain["memory_bytes"]
 
