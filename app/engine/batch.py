@@ -25,7 +25,7 @@ from transformers.cache_utils import CacheLayerMixin
 from app.engine.attention import HeadSelection, eager_attention
 from app.engine.contract import CausalLM, ForwardOutput, cache_keyword
 from app.engine.kvcache import GrowingLayer, filled, growing_cache, headroom, stack_left_padded
-from app.engine.lean import lean_step
+from app.engine.lean import LeanStep
 from app.engine.mixed import BatchPart, Part, mixed_forward, padded_mask
 
 _MERGEABLE = (GrowingLayer,)  # full-attention layers (growing_cache); sliding windows cannot merge
@@ -42,10 +42,10 @@ class Step:
 class DecodeBatch:
     """Rows decoded together over one left-padded KV cache."""
 
-    def __init__(self, model: CausalLM, lean: bool = True) -> None:
-        """`lean`: plain steps may take the model's lean step (app/engine/lean.py)."""
+    def __init__(self, model: CausalLM, lean: LeanStep | None = None) -> None:
+        """`lean`: the model's lean step, for plain steps (app/engine/lean.py)."""
         self._model = model
-        self._lean = lean_step(model) if lean else None
+        self._lean = lean
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, columns]: 1 = real token, 0 = padding
         self._lengths: list[int] = []  # real tokens per row
@@ -153,7 +153,7 @@ class DecodeBatch:
         singles = []
         cache, mask = self._state()
         for row in range(len(self)):
-            single = DecodeBatch(self._model)
+            single = DecodeBatch(self._model, self._lean)
             single._merge(copy.deepcopy(cache), mask.clone(), self._lengths, self.watches)
             single.remove([i for i in range(len(self)) if i != row])
             singles.append(single)

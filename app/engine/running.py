@@ -20,6 +20,7 @@ from app.engine.contract import CausalLM
 from app.engine.isolation import Failed, choose, fail, hand, isolated
 from app.engine.job import GenerationJob
 from app.engine.kvcache import full_attention
+from app.engine.lean import LeanStep
 from app.engine.mixed import supports
 from app.engine.pace import PrefillPace, RoundRecord, keys_per_token
 from app.engine.plan import Chunk, PrefillRun, RoundPlan, SoloState, plan_round
@@ -55,11 +56,19 @@ class RunningGroup:
     have already left, and the caller retires them.
     """
 
-    def __init__(self, model: CausalLM, counters: PassCounters, prefill_chunk: int = 128) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        counters: PassCounters,
+        prefill_chunk: int = 128,
+        lean: LeanStep | None = None,
+    ) -> None:
+        """`lean`: the model's lean decoding step, where it has one (app/engine/lean.py)."""
         self._model = model
         self._counters = counters
         self.pace = PrefillPace(prefill_chunk, keys_per_token(model))
-        self.batch = DecodeBatch(model)
+        self._lean = lean
+        self.batch = DecodeBatch(model, lean)
         self.jobs: list[GenerationJob] = []
         self.waiting: list[GenerationJob] = []  # to prefill, in arrival order
         self.solos: list[Solo] = []  # in arrival order
@@ -269,7 +278,7 @@ class RunningGroup:
             return self._remove(list(range(len(self.jobs))))
         log.warning("a step of %d rows failed (%s); stepping each alone", len(self.jobs), exc)
         singles, jobs = self.batch.split(), self.jobs
-        self.batch, self.jobs = DecodeBatch(self._model), []
+        self.batch, self.jobs = DecodeBatch(self._model, self._lean), []
         ended = []
         for job, single in zip(jobs, singles, strict=True):
             step = isolated(self._round, [job], partial(_step_alone, single, job))

@@ -22,7 +22,7 @@ from app.engine.backlog import QueuePace
 from app.engine.contract import CausalLM, Tokenizer
 from app.engine.isolation import fail
 from app.engine.job import GenerationJob
-from app.engine.lean import lean_step
+from app.engine.lean import LeanStep
 from app.engine.running import PassCounters, RunningGroup
 from app.engine.threads import Mailbox, NativeQueue, native_lock, start_native_thread
 
@@ -128,6 +128,8 @@ class ModelWorker:
         self._cancel_new: str | None = None  # a reason: cancel new jobs as they arrive
         self._running: list[GenerationJob] = []  # admitted and not yet ended, for stats
         self._groups: list[RunningGroup] = []
+        # Proved on the model now, as part of its load, not on the first request's time.
+        self._lean = LeanStep.make(model)
         self._alive = native_lock()  # held by the thread while it runs; see join()
         self._alive.acquire()
         self.queued = 0
@@ -197,7 +199,6 @@ class ModelWorker:
             }
 
     def _serve(self) -> None:
-        lean_step(self._model)  # proved here, on this thread, before the first request waits
         closing = False
         while not (closing and not self._running):
             closing = self._round() or closing
@@ -268,7 +269,7 @@ class ModelWorker:
             return
         group = next((g for g in self._groups if g.mergeable), None)
         if group is None:
-            group = RunningGroup(self._model, self.passes, self._prefill_chunk)
+            group = RunningGroup(self._model, self.passes, self._prefill_chunk, self._lean)
             self._groups.append(group)
         if group.busy:
             group.wait(jobs)
@@ -320,7 +321,7 @@ class ModelWorker:
     def _release(self) -> None:
         """Drop the model (this worker holds its only reference) and give its memory back."""
         device = getattr(self._model, "device", None)
-        del self._model, self._tokenizer
+        del self._model, self._tokenizer, self._lean  # the lean step holds the model too
         gc.collect()  # weights kept alive by a reference cycle are freed now, not some day
         if device is not None and device.type == "cuda":
             torch.cuda.empty_cache()

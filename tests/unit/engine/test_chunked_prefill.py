@@ -14,7 +14,6 @@ from app.engine import DoneEvent, ErrorEvent, GenerationJob, ModelTask, ModelWor
 from app.engine.attention import HeadSelection
 from app.engine.batch import DecodeBatch, SoloSequence
 from app.engine.events import TokenEvent
-from app.engine.lean import lean_step
 from app.engine.pace import PrefillPace
 from app.engine.running import PassCounters, RunningGroup
 from tests.support.scripted import FAIL, LetterTokenizer, ScriptedLM
@@ -110,18 +109,18 @@ def _record_passes(model) -> list[tuple[int, int]]:
         ids = args[0] if args else kwargs["input"]
         passes.append(tuple(ids.shape))
 
-    lean_step(model)  # its proof's passes (run once per model, as a worker starts) come first
     model.get_input_embeddings().register_forward_pre_hook(record, with_kwargs=True)
     return passes
 
 
-def _join_a_running_row(model, workers) -> tuple[ModelWorker, list[int], list[int]]:
+def _join_a_running_row(model, workers, passes) -> tuple[ModelWorker, list[int], list[int]]:
     """SHORT decodes 40 greedy tokens; LONG joins after its first and makes 3 (chunk 8).
 
     Returns the worker and each job's generated token ids (the running row's after its first).
     """
     worker = ModelWorker(model, _Numbers(), frozenset(), 8, 16, prefill_chunk=8)
     workers.append(worker)
+    passes.clear()  # the worker's proof of its lean step (app/engine/lean.py): no request's
     greedy = SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True)
     running = GenerationJob(SHORT, greedy)
     worker.submit(running)
@@ -137,7 +136,7 @@ def _join_a_running_row(model, workers) -> tuple[ModelWorker, list[int], list[in
 def test_a_joining_prompt_rides_on_the_running_rows_steps(model_root, model_id, workers):
     model = AutoModelForCausalLM.from_pretrained(model_root / model_id).eval()
     passes = _record_passes(model)
-    worker, joined, running_tokens = _join_a_running_row(model, workers)
+    worker, joined, running_tokens = _join_a_running_row(model, workers, passes)
     # Each pass packs the running row's token and a chunk of at most 8 prompt tokens into
     # one sequence: the 37 tokens need 5 passes, and share their work about equally (a
     # later token attends to more keys, so later chunks hold no more tokens). The last
@@ -160,7 +159,7 @@ def test_a_joining_prompt_rides_on_the_running_rows_steps(model_root, model_id, 
 @pytest.mark.parametrize("model_id", MODEL_IDS)
 def test_without_mixed_passes_chunks_and_steps_take_turns(model_root, model_id, workers):
     model = _Recording(AutoModelForCausalLM.from_pretrained(model_root / model_id).eval())
-    worker, joined, running_tokens = _join_a_running_row(model, workers)
+    worker, joined, running_tokens = _join_a_running_row(model, workers, model.passes)
     # The long prompt went in as chunks of at most 8 tokens, each followed by a step
     # of the running row; the last chunk's pass also gave the joiner its first token.
     chunks = [i for i, shape in enumerate(model.passes) if shape[1] > 1][1:]  # not the first

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from app.engine.attention import HeadSelection
 from app.engine.batch import DecodeBatch
-from app.engine.lean import LeanStep, lean_step
+from app.engine.lean import LeanStep
 from app.models.packing import pack_linear_layers
 
 
@@ -18,11 +18,11 @@ def _load(model_root, model_id, **options):
 
 @pytest.mark.parametrize(("model_id", "lean"), [("tiny-gpt2", True), ("tiny-llama", False)])
 def test_gpt2_has_a_lean_step_and_other_architectures_do_not(model_root, model_id, lean):
-    assert (lean_step(_load(model_root, model_id)) is not None) is lean
+    assert (LeanStep.make(_load(model_root, model_id)) is not None) is lean
 
 
 def test_a_model_on_eager_attention_keeps_transformers_forward(model_root):
-    assert lean_step(_load(model_root, "tiny-gpt2", attn_implementation="eager")) is None
+    assert LeanStep.make(_load(model_root, "tiny-gpt2", attn_implementation="eager")) is None
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -32,8 +32,8 @@ def test_lean_steps_equal_transformers_steps_bit_for_bit(model_root, packed):
     model = _load(model_root, "slow-gpt2")
     if packed:
         assert pack_linear_layers(model) > 0
-    lean, plain = DecodeBatch(model), DecodeBatch(model, lean=False)
-    assert lean._lean is not None and plain._lean is None
+    lean, plain = DecodeBatch(model, LeanStep.make(model)), DecodeBatch(model)
+    assert lean._lean is not None
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
     tokens = [0, 0, 0]
     for batch in (lean, plain):
@@ -45,7 +45,7 @@ def test_lean_steps_equal_transformers_steps_bit_for_bit(model_root, packed):
             tokens.pop(1)
         if step == 8:
             for batch in (lean, plain):
-                joiner = DecodeBatch(model, lean=False)
+                joiner = DecodeBatch(model)
                 joiner.prefill([[20, 21, 22, 23, 24, 25, 26, 27, 28, 29]], [None])
                 batch.concatenate(joiner)
             tokens.append(3)
@@ -57,7 +57,7 @@ def test_lean_steps_equal_transformers_steps_bit_for_bit(model_root, packed):
 
 def test_a_watched_row_takes_transformers_forward(model_root, monkeypatch):
     model = _load(model_root, "tiny-gpt2")
-    batch = DecodeBatch(model)
+    batch = DecodeBatch(model, LeanStep.make(model))
     assert batch._lean is not None
 
     def refuse(*args, **kwargs):
@@ -85,7 +85,8 @@ def test_a_lean_step_that_differs_is_not_used(model_root, monkeypatch, caplog):
 
 def test_a_failed_lean_step_leaves_the_cache_as_it_was(model_root):
     model = _load(model_root, "tiny-gpt2")
-    lean, plain = DecodeBatch(model), DecodeBatch(model, lean=False)
+    lean, plain = DecodeBatch(model, LeanStep.make(model)), DecodeBatch(model)
+    assert lean._lean is not None
     for batch in (lean, plain):
         batch.prefill([[5, 6, 7], [8, 9]], [None, None])
     second_layer = model.base_model.h[1].mlp.c_fc
