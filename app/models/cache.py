@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from app.config import Settings
 from app.engine import GenerationJob, ModelTask, WorkerClosed
-from app.engine.threads import run_on_new_thread, spawn
+from app.engine.threads import run_off_hub, spawn
 from app.errors import APIError, ModelLoadFailed, Overloaded
 from app.models import loading, progress
 from app.models.loaded import LoadedModel, ModelProfile
@@ -204,9 +204,7 @@ class ModelCache:
         try:
             self._await_exit(key)  # a closing copy frees its weights before these load
             progress.start(spec)
-            # On a thread that exits: its OpenMP team must not outlive the load (see
-            # run_on_new_thread).
-            model = run_on_new_thread(self.loader, spec, self.settings, profile)
+            model = run_off_hub(self.loader, spec, self.settings, profile)
         except APIError as exc:
             # Without its traceback: that holds the loader's frames, and with them any
             # weights loaded before the failure, for as long as waiters keep the error.

@@ -22,6 +22,7 @@ from transformers.utils import cached_file
 
 from app.config import Settings
 from app.engine import ModelWorker
+from app.engine.threads import run_on_new_thread
 from app.errors import BadRequest, ModelLoadFailed, ModelNotFound
 from app.models import hub, progress
 from app.models.loaded import LoadedModel, ModelProfile
@@ -74,6 +75,21 @@ def load(spec: ModelSpec, settings: Settings, profile: ModelProfile | None = Non
     if not spec.local and not _local_only(spec):
         _download(spec, tracker)
     tracker.loading_weights()
+    # The weights on a thread that then exits: its OpenMP team must not outlive the load
+    # (see run_on_new_thread). The download above stays on the caller's thread: the hub
+    # client's connections hold locks of the thread that made them.
+    return run_on_new_thread(_load_weights, spec, settings, profile, device, started)
+
+
+def _load_weights(
+    spec: ModelSpec,
+    settings: Settings,
+    profile: ModelProfile,
+    device: torch.device,
+    started: float,
+) -> LoadedModel:
+    """`load`'s second half: the weights read, converted, packed or quantized, and the
+    model's worker started."""
     with _loading_errors(spec, unexpected=True):
         model = AutoModelForCausalLM.from_pretrained(
             spec.source, dtype=_pick_dtype(settings.dtype, device), **_options(spec)
