@@ -449,7 +449,9 @@ def test_a_generation_ended_by_the_drain_is_rerun_on_another_replica(replicas, m
         LiveServer(env) as stopping,
         Nginx([f"127.0.0.1:{stopping.port}", f"{replicas.addresses()[1]} backup"]) as front,
     ):
-        body = {"model_id": "slow-gpt2", "prompt": "Long", "max_new_tokens": 1000}
+        # Long enough to outlast the 2 s drain: 1000 tokens took 1.95 s, 1.47 s with lean
+        # decoding steps (app/engine/lean.py).
+        body = {"model_id": "slow-gpt2", "prompt": "Long", "max_new_tokens": 2000}
         body.update(temperature=0, ignore_eos=True)
         assert stopping.post("/generate", **{**body, "max_new_tokens": 1})
         answer: dict = {}
