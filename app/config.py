@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from app.devicemap import parse_device_map, parse_max_memory
+
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZE = ("none", "int8", "float16")  # app/models/quantizing.py
@@ -33,6 +35,9 @@ class Settings:
     dtype: str = "auto"
     packed_weights: bool = True  # float32 on a CPU: linear layers run through oneDNN
     quantize: str = "none"  # int8 or float16 linear weights on a CPU (approximate)
+    device_map: str = ""  # accelerate's device map: split a model over devices and disk
+    max_memory: str = ""  # JSON: each device's budget for the device map
+    offload_dir: str = ""  # where the device map's "disk" layers go when they must be copied
     max_body_bytes: int = 1024 * 1024
     max_batch: int = 8
     max_queue: int = 32
@@ -110,6 +115,7 @@ class Settings:
                 "LLMVIZ_QUANTIZE needs float32 weights on a CPU: "
                 "leave LLMVIZ_DEVICE and LLMVIZ_DTYPE at auto, cpu or float32"
             )
+        self._validate_device_map()
         for f in fields(self):
             if f.type == "int" and getattr(self, f.name) < 1:
                 raise ValueError(f"LLMVIZ_{f.name.upper()} must be at least 1")
@@ -119,6 +125,26 @@ class Settings:
             raise ValueError("LLMVIZ_MODEL_TTL must be 0 (off) or a number of seconds")
         for key in self.api_keys:
             _check_key(key, "LLMVIZ_API_KEYS")
+
+    def _validate_device_map(self) -> None:
+        """A device map decides every device itself: it replaces LLMVIZ_DEVICE, and the
+        layers it leaves on disk cannot be quantized."""
+        device_map = parse_device_map(self.device_map)
+        parse_max_memory(self.max_memory)
+        if device_map is None:
+            for name in ("max_memory", "offload_dir"):
+                if getattr(self, name).strip():
+                    raise ValueError(
+                        f"LLMVIZ_{name.upper()} applies only with LLMVIZ_DEVICE_MAP; "
+                        "set LLMVIZ_DEVICE_MAP=auto to split models by it"
+                    )
+            return
+        if self.device != "auto":
+            raise ValueError(
+                "LLMVIZ_DEVICE_MAP places the model itself: leave LLMVIZ_DEVICE at auto"
+            )
+        if self.quantize != "none":
+            raise ValueError("LLMVIZ_QUANTIZE cannot be used with LLMVIZ_DEVICE_MAP")
 
     def all_api_keys(self) -> tuple[str, ...]:
         """Keys from LLMVIZ_API_KEYS and LLMVIZ_API_KEYS_FILE (the format: docs/operations.md).

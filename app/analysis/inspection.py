@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from app.analysis.patterns import PatternRecorder
-from app.engine import CausalLM, HeadSelection, ModelTask, Tokenizer, tensors
+from app.engine import CausalLM, HeadSelection, ModelTask, Tokenizer, input_device, tensors
 from app.engine.attention import eager_attention
 from app.engine.decoding import standalone_texts
 
@@ -68,7 +68,7 @@ def inspect(
         with eager_attention(model) if want_attention else nullcontext():
             with patterns if want_attention else nullcontext():
                 out = model(
-                    torch.tensor([ids], device=model.device),
+                    torch.tensor([ids], device=input_device(model)),
                     use_cache=False,
                     output_attentions=want_attention and patterns.needs_output,
                 )
@@ -157,7 +157,7 @@ def _logit_lens(model, ids, layers, residuals, k, seen_ids) -> dict[str, Any]:
     final_norm = _final_norm(model)
     unembed = model.get_output_embeddings()
     softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    targets = torch.tensor(ids[1:] + [-1], device=model.device)
+    targets = torch.tensor(ids[1:] + [-1], device=input_device(model))
     vocab = _output_size(unembed)
     k = min(k, vocab)
     rows = positions_per_chunk(vocab)
@@ -172,7 +172,7 @@ def _logit_lens(model, ids, layers, residuals, k, seen_ids) -> dict[str, Any]:
             top_probs, top_ids = logits.softmax(dim=-1).topk(k, dim=-1)
             all_ids.append(top_ids)
             all_probs.append(top_probs)
-            wanted = targets[start : start + rows]
+            wanted = targets[start : start + rows].to(logits.device)
             actual = logits.gather(1, wanted.clamp_min(0)[:, None])
             rank = (logits > actual).sum(dim=-1)
             ranks.append(torch.where(wanted >= 0, rank, torch.full_like(rank, -1)))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from app.engine import CausalLM, ModelTask, Tokenizer
+from app.engine import CausalLM, ModelTask, Tokenizer, input_device
 from app.engine.decoding import standalone_texts
 
 _ROWS_PER_CHUNK = 256  # [rows, vocab] float32 at a time: 50 MB for a 50k vocabulary
@@ -39,7 +39,7 @@ def scoring_task(ids: list[int], top_n: int = 0) -> ModelTask[TokenScores]:
 @torch.inference_mode()
 def score(model: CausalLM, tokenizer: Tokenizer, ids: list[int], top_n: int = 0) -> TokenScores:
     """Score `ids` (shape [T]) with one forward pass; see `TokenScores`."""
-    logits = model(torch.tensor([ids], device=model.device), use_cache=False).logits[0]
+    logits = model(torch.tensor([ids], device=input_device(model)), use_cache=False).logits[0]
     targets = torch.tensor(ids[1:], device=logits.device)
     logprobs: list[float | None] = [None]
     top: list[tuple[tuple[int, float], ...]] = [()]

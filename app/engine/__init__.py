@@ -25,7 +25,7 @@ of tensors) and `threads` (hand-offs between native threads and gevent).
 """
 
 from app.engine.attention import HeadSelection
-from app.engine.contract import CausalLM, Tokenizer
+from app.engine.contract import CausalLM, Tokenizer, input_device
 from app.engine.events import Alternative, DoneEvent, ErrorEvent, Event, TokenEvent
 from app.engine.job import GenerationJob
 from app.engine.sampling import SamplingParams
@@ -46,5 +46,6 @@ __all__ = [
     "TaskAbandoned",
     "Tokenizer",
     "TokenEvent",
+    "input_device",
     "WorkerClosed",
 ]

@@ -23,7 +23,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import CacheLayerMixin
 
 from app.engine.attention import HeadSelection, eager_attention
-from app.engine.contract import CausalLM, ForwardOutput, cache_keyword
+from app.engine.contract import CausalLM, ForwardOutput, cache_keyword, input_device
 from app.engine.kvcache import GrowingLayer, filled, growing_cache, headroom, stack_left_padded
 from app.engine.lean import LeanStep
 from app.engine.mixed import BatchPart, Part, mixed_forward, padded_mask
@@ -75,7 +75,7 @@ class DecodeBatch:
         self, prompts: Sequence[Sequence[int]], watches: Sequence[HeadSelection | None]
     ) -> Step:
         """Run new sequences' prompts together (left-padded), then add them as the last rows."""
-        device = self._model.device
+        device = input_device(self._model)
         lengths = [len(p) for p in prompts]
         width = max(lengths)
         ids = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
@@ -99,7 +99,7 @@ class DecodeBatch:
     @torch.inference_mode()
     def step(self, tokens: Sequence[int]) -> Step:
         """Feed each row its latest token; return every row's next-token logits."""
-        device = self._model.device
+        device = input_device(self._model)
         ids = torch.tensor([[t] for t in tokens], device=device)
         positions = torch.tensor([[n] for n in self._lengths], device=device)
         cache, mask = self._state()
@@ -265,7 +265,7 @@ class SoloSequence:
     def advance(self, tokens: int) -> Step | None:
         """Prefill the next `tokens` prompt tokens in a pass of their own; the Step once done."""
         start, end = self.done, min(self.done + max(tokens, 1), len(self._prompt))
-        device = self._model.device
+        device = input_device(self._model)
         ids = torch.tensor([self._prompt[start:end]], device=device)
         positions = torch.arange(start, end, device=device)[None]
         last = end == len(self._prompt)
@@ -291,7 +291,7 @@ class SoloSequence:
 
     def join(self, batch: DecodeBatch) -> None:
         """Add the sequence to `batch` as its last row (its cache is handed over)."""
-        mask = torch.ones((1, self.done), dtype=torch.long, device=self._model.device)
+        mask = torch.ones((1, self.done), dtype=torch.long, device=input_device(self._model))
         batch._merge(self._own_cache(), mask, [self.done], [self.watch])
         self.cache = None
 

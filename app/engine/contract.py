@@ -62,6 +62,17 @@ class CausalLM(Protocol):
     def get_output_embeddings(self) -> Any: ...
 
 
+def input_device(model: CausalLM) -> torch.device:
+    """Where a pass's inputs (ids, masks, positions) go: the model's device, or for a model
+    split by accelerate's device map, the device its hooks run the first module on (the
+    model's first parameter may read `meta` there, its weights being on disk)."""
+    hook = getattr(model, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    if device is None:
+        return model.device
+    return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+
+
 class Tokenizer(Protocol):
     """The part of a transformers tokenizer the engine uses: decoding ids to text.
 

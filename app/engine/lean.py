@@ -122,7 +122,8 @@ class LeanStep:
 
 def _supported(model: object) -> bool:
     """GPT-2's causal LM with self-attention only, SDPA, and attention as its forward runs it
-    for a cached step (no reordered, upcast attention, which only eager attention takes)."""
+    for a cached step (no reordered, upcast attention, which only eager attention takes),
+    loaded whole on one device."""
     config = getattr(model, "config", None)
     return (
         type(model).__name__ == "GPT2LMHeadModel"
@@ -130,4 +131,7 @@ def _supported(model: object) -> bool:
         and config._attn_implementation == "sdpa"
         and not getattr(config, "add_cross_attention", False)
         and not getattr(model, "training", True)
+        # Split by accelerate's device map: the hooks that move a block's inputs and read
+        # its offloaded weights run in the block's forward, which a lean step bypasses.
+        and getattr(model, "_hf_hook", None) is None
     )

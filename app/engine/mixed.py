@@ -31,7 +31,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from app.engine.contract import CausalLM, cache_keyword
+from app.engine.contract import CausalLM, cache_keyword, input_device
 from app.engine.kvcache import filled
 
 _NAME = "llmviz_mixed"
@@ -168,7 +168,7 @@ def mixed_forward(model: CausalLM, rows: BatchPart | None, parts: Sequence[Part]
     logits in row order, then each such part's last token's. On an exception the
     caches may hold some layers' new columns: the caller cuts them back.
     """
-    device = model.device
+    device = input_device(model)
     state = _Pass(rows, parts, model.config._attn_implementation)
     ids, positions = [], []
     if rows is not None:

@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 import torch
 
 from app.engine.backlog import QueuePace
-from app.engine.contract import CausalLM, Tokenizer
+from app.engine.contract import CausalLM, Tokenizer, input_device
 from app.engine.isolation import fail
 from app.engine.job import GenerationJob
 from app.engine.lean import LeanStep
@@ -256,7 +256,7 @@ class ModelWorker:
             if self._cancel_new:
                 job.cancel(self._cancel_new)
             try:
-                job.begin(self._tokenizer, self._eos_ids, self._model.device)
+                job.begin(self._tokenizer, self._eos_ids, input_device(self._model))
             except Exception as exc:  # this request's own setup failed: only it ends
                 fail(job, exc)
                 self._retire(job)

@@ -75,6 +75,9 @@ class LoadedModel:
     dtype: str = "float32"
     packed_layers: int = 0  # linear layers packed for oneDNN (app/models/packing.py)
     quantization: str = "none"  # or int8, float16 linear weights (app/models/quantizing.py)
+    # Where a model split by LLMVIZ_DEVICE_MAP lives (app/models/dispatch.py); None: whole
+    # on `device`.
+    device_map: dict[str, Any] | None = None
     last_used: float = field(default_factory=time.time)
     # Set by the cache, under its lock: out of the LRU, finishing accepted work (retiring),
     # then told to stop and freeing its weights (closing). See ModelCache.
@@ -139,6 +142,7 @@ class LoadedModel:
             "load_seconds": round(self.load_seconds, 3),
             "memory_bytes": self.memory_bytes,
             "packed_layers": self.packed_layers,
+            "device_map": self.device_map,
             "last_used": max(self.last_used, self.worker.last_finished),
             "retiring": self.retiring,
             **self.stats(),

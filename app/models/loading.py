@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,10 +22,10 @@ from transformers import (
 from transformers.utils import cached_file
 
 from app.config import Settings
-from app.engine import ModelWorker
+from app.engine import ModelWorker, input_device
 from app.engine.threads import run_on_new_thread
 from app.errors import BadRequest, ModelLoadFailed, ModelNotFound
-from app.models import hub, progress
+from app.models import dispatch, hub, progress
 from app.models.loaded import LoadedModel, ModelProfile
 from app.models.packing import pack_linear_layers
 from app.models.quantizing import quantize_linear_layers, weight_bytes
@@ -90,15 +91,25 @@ def _load_weights(
 ) -> LoadedModel:
     """`load`'s second half: the weights read, converted, packed or quantized, and the
     model's worker started."""
+    placing = dispatch.loading_options(settings, spec.model_id)
+    dtype = _pick_dtype(settings.dtype, device)
     with _loading_errors(spec, unexpected=True):
-        model = AutoModelForCausalLM.from_pretrained(
-            spec.source, dtype=_pick_dtype(settings.dtype, device), **_options(spec)
+        model = dispatch.load_split(
+            partial(
+                AutoModelForCausalLM.from_pretrained, spec.source, dtype=dtype, **_options(spec)
+            ),
+            placing,
         )
-    # transformers wraps `to` with functools.wraps, which mypy cannot bind to an instance;
-    # called on the model's own class, it is the same method with the same checks.
-    type(model).to(model, device).eval()
+    if not placing:
+        # transformers wraps `to` with functools.wraps, which mypy cannot bind to an
+        # instance; called on the model's own class, it is the same method and checks.
+        type(model).to(model, device)
+    model.eval()
+    # A split model's offloaded weights read `meta` between passes: packing would copy
+    # them back into memory (dispatch.py). LLMVIZ_QUANTIZE is refused with a device map.
+    split = dispatch.is_split(model)
     quantized = _quantize(model, settings.quantize, spec)
-    packed = pack_linear_layers(model) if settings.packed_weights else 0
+    packed = pack_linear_layers(model) if settings.packed_weights and not split else 0
     eos_ids = _eos_ids(model, profile.tokenizer)
     seconds = time.perf_counter() - started
     log.info(
@@ -125,7 +136,8 @@ def _load_weights(
         eos_ids,
         seconds,
         memory,
-        device=str(model.device),
+        device=str(input_device(model)),
+        device_map=dispatch.describe(model),
         dtype=str(model.dtype).removeprefix("torch."),
         packed_layers=packed,
         quantization=settings.quantize if quantized else "none",

@@ -118,7 +118,8 @@ def quantize_linear_layers(model: nn.Module, kind: str) -> int:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of the model's tensors, quantized layers' packed weights included."""
+    """Bytes of the model's tensors in memory, quantized layers' packed weights included
+    (not the weights a device map left on disk: those read `meta`)."""
     tensors: Any = (*model.parameters(), *model.buffers())
-    held = sum(t.numel() * t.element_size() for t in tensors)
+    held = sum(t.numel() * t.element_size() for t in tensors if t.device.type != "meta")
     return held + sum(m.weight_bytes for m in model.modules() if isinstance(m, QuantizedLinear))

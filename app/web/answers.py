@@ -109,6 +109,19 @@ class GenerateResponse(_Out):
     details: GenerationDetails | None = None
 
 
+class DevicePlacement(_Out):
+    """Where a model split by accelerate's device map (LLMVIZ_DEVICE_MAP) lives."""
+
+    map: dict[str, str] = Field(
+        description='Module name to device ("cpu", "disk", "cuda:0"); "" is the whole model.'
+    )
+    bytes: dict[str, int] = Field(description="Bytes of weights and buffers per device.")
+    offloaded: list[str] = Field(
+        description="Modules whose weights are read from disk for each pass (or kept on the"
+        " CPU for a GPU)."
+    )
+
+
 class LoadedModelInfo(_Out):
     """One model in memory, in GET /models."""
 
@@ -122,8 +135,15 @@ class LoadedModelInfo(_Out):
     )
     context_length: int | None
     load_seconds: float
-    memory_bytes: int
+    memory_bytes: int = Field(
+        description="Bytes of weights and buffers in memory, on any device (not those a"
+        " device map left on disk)."
+    )
     packed_layers: int
+    device_map: DevicePlacement | None = Field(
+        description="Null for a model whole on `device`. For one split by LLMVIZ_DEVICE_MAP:"
+        " where each part lives."
+    )
     last_used: float
     retiring: bool = Field(
         description="Out of the cache (evicted or unloaded) and still in memory: it finishes "
