@@ -6,10 +6,13 @@ settings say how, in accelerate's own terms (`from_pretrained(device_map=..., ma
 so that a map written for accelerate works here unchanged:
 
 - LLMVIZ_DEVICE_MAP: `auto`, `balanced`, `balanced_low_0` or `sequential` (accelerate's
-  strategies), or a JSON object of module name to device: `{"transformer.h.0": 0,
-  "lm_head": "cpu", "transformer.h.11": "disk"}` (`""` is the whole model).
+  strategies), or a JSON object of module name to device placing every parameter once:
+  `{"transformer.wte": 0, "lm_head": 0, "transformer.wpe": 0, "transformer.drop": 0,
+  "transformer.h": "cpu", "transformer.ln_f": "disk"}` (`""` is the whole model). How it
+  fits a model is checked at load (app/models/dispatch.py's `check_map`).
 - LLMVIZ_MAX_MEMORY: a JSON object of device to its budget, `{"0": "70GiB", "cpu":
-  "150MB"}`; a budget is a number of bytes or a size with a unit (`MB`, `GiB`, ...).
+  "150MB"}`: GPUs by index, and "cpu", "mps", "disk"; a budget is a number of bytes or a
+  size with a unit (`KB`, `MB`, `GB`, `KiB`, `MiB`, `GiB`).
 
 Both are checked when settings are read, so a typo stops startup with the setting's name
 instead of failing at a model's first load.
@@ -26,7 +29,8 @@ STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 _DEVICE = re.compile(r"[0-9]+|cpu|disk|mps|(cuda|xpu|npu|mlu|musa|sdaa|hpu):[0-9]+")
 # A memory budget as accelerate's convert_file_size_to_int reads one.
 # A capital B: accelerate reads "150Mb" as megabits.
-_SIZE = re.compile(r"[0-9]+(\.[0-9]+)?\s*[KMGkmg]i?B")
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*[KMGkmg]i?B")
+_BUDGETED = re.compile(r"[0-9]+|cpu|mps|disk")
 
 
 def parse_device_map(raw: str) -> str | dict[str, int | str] | None:
@@ -57,16 +61,25 @@ def parse_max_memory(raw: str) -> dict[int | str, int | str] | None:
     parsed = _json_object("LLMVIZ_MAX_MEMORY", raw, "")
     budgets: dict[int | str, int | str] = {}
     for key, value in parsed.items():
-        device = _device("LLMVIZ_MAX_MEMORY", key)
+        # accelerate budgets GPUs by index, and the CPU, MPS and disk by name only.
+        if not _BUDGETED.fullmatch(key):
+            raise ValueError(
+                f"LLMVIZ_MAX_MEMORY: {key!r} is not a device to budget; use a GPU index "
+                '("0", "1", ...), "cpu", "mps" or "disk"'
+            )
+        size = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
         valid = (isinstance(value, int) and not isinstance(value, bool) and value > 0) or (
-            isinstance(value, str) and _SIZE.fullmatch(value.strip()) is not None
+            size is not None and float(size.group(1)) > 0
         )
         if not valid:
             raise ValueError(
                 f"LLMVIZ_MAX_MEMORY: the budget of {key!r} must be a positive number of bytes "
-                f'or a size such as "150MB" or "70GiB", not {value!r}'
+                f'or a size such as "150MB" or "70GiB" (units KB, MB, GB, KiB, MiB, GiB), '
+                f"not {value!r}"
             )
-        budgets[device] = value.strip() if isinstance(value, str) else value
+        budgets[int(key) if key.isdigit() else key] = (
+            value.strip() if isinstance(value, str) else value
+        )
     return budgets
 
 

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import torch
+from accelerate.utils import find_tied_parameters
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from app.config import Settings
 from app.devicemap import parse_device_map, parse_max_memory
@@ -52,24 +55,87 @@ def loading_options(settings: Settings, model_id: str) -> dict[str, Any]:
     return options
 
 
-def load_split(load: Callable[..., T], options: dict[str, Any]) -> T:
-    """`load(**options)`, with accelerate's complaint about a missing offload folder told
-    in this server's settings.
+def load_split(load: Callable[..., T], options: dict[str, Any], config: Any) -> T:
+    """`load(**options)` for a model of `config`, its device map checked first and what
+    accelerate raises told in this server's settings: a device map is the operator's
+    setting, so what goes wrong with it is a failed load (500), never the client's 400.
 
     Raises:
-        RuntimeError: the map puts weights on disk that must be copied there first (not a
-            safetensors checkpoint) and LLMVIZ_OFFLOAD_DIR is unset.
+        RuntimeError: a JSON map that does not fit the model (`check_map`); an offload
+            folder that cannot be made; weights that must be copied to disk (not a
+            safetensors checkpoint) with LLMVIZ_OFFLOAD_DIR unset; anything else accelerate
+            refuses (its message).
     """
+    if isinstance(options.get("device_map"), dict):
+        check_map(options["device_map"], config)
+    folder = options.get("offload_folder")
+    if folder is not None:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeError(
+                f"LLMVIZ_OFFLOAD_DIR: cannot make {folder}: {exc.strerror}"
+            ) from None
     try:
         return load(**options)
     except ValueError as exc:
-        if "offload_folder" not in str(exc) or "offload_folder" in options:
-            raise
+        if "offload_folder" in str(exc) and folder is None:
+            raise RuntimeError(
+                "LLMVIZ_DEVICE_MAP puts some of its weights on disk, and they must be copied "
+                "there first (the checkpoint is not safetensors): set LLMVIZ_OFFLOAD_DIR to a "
+                "folder with room for them"
+            ) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RuntimeError(
-            "LLMVIZ_DEVICE_MAP puts some of its weights on disk, and they must be copied "
-            "there first (the checkpoint is not safetensors): set LLMVIZ_OFFLOAD_DIR to a "
-            "folder with room for them"
+            f"accelerate refused LLMVIZ_DEVICE_MAP or LLMVIZ_MAX_MEMORY: {first}"
         ) from None
+
+
+def check_map(placed: dict[str, int | str], config: Any) -> None:
+    """Refuse a JSON device map that does not fit the model, naming what is wrong: a
+    module the model does not have, entries inside one another, parameters no entry
+    places, or tied weights (an LM head sharing the embedding) on two devices, which
+    accelerate would load into a model that fails at its first pass.
+
+    Raises:
+        RuntimeError: any of those (the model's other architectures: a map names one's
+            modules, and every model the server loads gets it).
+    """
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)  # shapes only, no memory
+    modules = dict(skeleton.named_modules())
+    problems = []
+    unknown = sorted(m for m in placed if m not in modules)
+    if unknown:
+        problems.append(f"no module named {_few(unknown)} in this model")
+    nested = sorted(
+        f"{inner!r} inside {outer!r}"
+        for outer in placed
+        for inner in placed
+        if inner != outer and (outer == "" or inner.startswith(outer + "."))
+    )
+    if nested:
+        problems.append(f"entries inside one another ({_few(nested, quoted=False)}): give each module once")
+    known = {m: _device_name(d) for m, d in placed.items() if m in modules}
+    names = [n for n, _ in skeleton.named_parameters(remove_duplicate=False)]
+    unplaced = [n for n in names if _owner(n, known) not in known]
+    if unplaced and not unknown:
+        problems.append(f"{len(unplaced)} parameters are placed by no entry ({_few(unplaced)})")
+    for group in find_tied_parameters(skeleton):
+        devices = {known[owner] for n in group if (owner := _owner(n, known)) in known}
+        if len(devices) > 1:
+            problems.append(
+                f"tied weights {_few(group)} must be on one device, not {sorted(devices)}"
+            )
+    if problems:
+        raise RuntimeError(
+            f"LLMVIZ_DEVICE_MAP does not fit {type(skeleton).__name__}: " + "; ".join(problems)
+        )
+
+
+def _few(items: list[str], shown: int = 3, quoted: bool = True) -> str:
+    listed = ", ".join(repr(i) if quoted else i for i in items[:shown])
+    return listed + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 def device_map(model: nn.Module) -> dict[str, str] | None:
@@ -102,6 +168,8 @@ def describe(model: nn.Module) -> dict[str, Any] | None:
     tensors = (*model.named_parameters(), *model.named_buffers())
     for name, tensor in tensors:
         device = placed.get(_owner(name, placed), "cpu")
+        if device in _OFFLOAD and tensor.device.type != "meta":
+            device = str(tensor.device)  # a buffer accelerate keeps in memory
         per_device[device] = per_device.get(device, 0) + tensor.numel() * tensor.element_size()
     computing = {d for d in placed.values() if d not in _OFFLOAD}
     offload = set(_OFFLOAD) | ({"cpu"} if computing - {"cpu"} else set())

@@ -94,12 +94,14 @@ def _load_weights(
     placing = dispatch.loading_options(settings, spec.model_id)
     dtype = _pick_dtype(settings.dtype, device)
     with _loading_errors(spec, unexpected=True):
-        model = dispatch.load_split(
-            partial(
-                AutoModelForCausalLM.from_pretrained, spec.source, dtype=dtype, **_options(spec)
-            ),
-            placing,
+        read = partial(
+            AutoModelForCausalLM.from_pretrained, spec.source, dtype=dtype, **_options(spec)
         )
+        if placing:
+            config = AutoConfig.from_pretrained(spec.source, **_options(spec))
+            model = dispatch.load_split(read, placing, config)
+        else:
+            model = read()
     if not placing:
         # transformers wraps `to` with functools.wraps, which mypy cannot bind to an
         # instance; called on the model's own class, it is the same method and checks.

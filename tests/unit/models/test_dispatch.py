@@ -81,8 +81,16 @@ def test_memory_budgets_read_with_gpu_indices_as_ints(raw, expected):
         ({"LLMVIZ_DEVICE_MAP": "auto", "LLMVIZ_MAX_MEMORY": '{"cpu": 0}'}, "the budget of 'cpu'"),
         (
             {"LLMVIZ_DEVICE_MAP": "auto", "LLMVIZ_MAX_MEMORY": '{"ram": "1GB"}'},
-            "'ram' is not a device",
+            "'ram' is not a device to budget",
         ),
+        # accelerate budgets GPUs by index only; a key with spaces would shadow another.
+        (
+            {"LLMVIZ_DEVICE_MAP": "auto", "LLMVIZ_MAX_MEMORY": '{"cuda:0": "1GB"}'},
+            "'cuda:0' is not",
+        ),
+        ({"LLMVIZ_DEVICE_MAP": "auto", "LLMVIZ_MAX_MEMORY": '{" cpu": "1GB"}'}, "' cpu' is not"),
+        ({"LLMVIZ_DEVICE_MAP": "auto", "LLMVIZ_MAX_MEMORY": '{"cpu": "0MB"}'}, "the budget of"),
+        ({"LLMVIZ_DEVICE_MAP": "auto", "LLMVIZ_MAX_MEMORY": '{"cpu": "1TB"}'}, "units KB, MB, GB"),
         ({"LLMVIZ_MAX_MEMORY": '{"cpu": "1GB"}'}, "LLMVIZ_MAX_MEMORY applies only with"),
         ({"LLMVIZ_OFFLOAD_DIR": "/tmp/x"}, "LLMVIZ_OFFLOAD_DIR applies only with"),
         ({"LLMVIZ_DEVICE_MAP": "auto", "LLMVIZ_DEVICE": "cpu"}, "leave LLMVIZ_DEVICE at auto"),
@@ -193,3 +201,43 @@ def test_a_map_onto_one_device_is_a_model_loaded_whole(model_root):
     model = AutoModelForCausalLM.from_pretrained(model_root / "tiny-gpt2", device_map="cpu")
     assert dispatch.device_map(model) is None and dispatch.describe(model) is None
     assert not dispatch.is_split(model)
+
+
+_TIED_SPLIT = {**MAP, "transformer.h.1": "cpu", "transformer.ln_f": "cpu"}
+_TIED = "tied weights 'lm_head.weight', 'transformer.wte.weight' must be on one device"
+
+
+@pytest.mark.parametrize(
+    ("device_map", "said"),
+    [
+        # An LM head tied to the embedding, on another device than it: accelerate loads a
+        # model that fails at its first pass (head on disk), or refuses with a riddle.
+        ({**_TIED_SPLIT, "lm_head": "disk"}, _TIED + ", not ['cpu', 'disk']"),
+        ({**_TIED_SPLIT, "transformer.wte": "disk"}, _TIED),
+        ({**MAP, "transformer.h.9": "disk"}, "no module named 'transformer.h.9' in this model"),
+        ({"": "cpu", "transformer.h.1": "disk"}, "('transformer.h.1' inside '')"),
+        (
+            {k: v for k, v in MAP.items() if k != "transformer.wpe"},
+            "1 parameters are placed by no entry ('transformer.wpe.weight')",
+        ),
+        # A map written for another architecture: a short message, not every parameter.
+        ({"model.embed_tokens": "cpu", "model.layers": "disk"}, "no module named 'model."),
+    ],
+)
+def test_a_map_that_does_not_fit_the_model_fails_its_load_naming_why(model_root, device_map, said):
+    spec = ModelSpec("tiny-gpt2", str(model_root / "tiny-gpt2"), local=True)
+    settings = Settings.from_env({"LLMVIZ_DEVICE_MAP": json.dumps(device_map)})
+    with pytest.raises(ModelLoadFailed, match="does not fit GPT2LMHeadModel") as caught:
+        load(spec, settings)
+    assert said in caught.value.message and len(caught.value.message) < 400
+
+
+def test_an_offload_folder_that_cannot_be_made_fails_the_load(model_root, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    spec = ModelSpec("tiny-gpt2", str(model_root / "tiny-gpt2"), local=True)
+    settings = Settings.from_env(
+        {"LLMVIZ_DEVICE_MAP": json.dumps(MAP), "LLMVIZ_OFFLOAD_DIR": str(blocker / "offload")}
+    )
+    with pytest.raises(ModelLoadFailed, match="LLMVIZ_OFFLOAD_DIR: cannot make"):
+        load(spec, settings)
