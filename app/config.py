@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from app.devicemap import parse_device_map, parse_max_memory
+from app.remotes import parse_remote_models
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -38,6 +39,7 @@ class Settings:
     device_map: str = ""  # accelerate's device map: split a model over devices and disk
     max_memory: str = ""  # JSON: each device's budget for the device map
     offload_dir: str = ""  # where the device map's "disk" layers go when they must be copied
+    remote_models: str = ""  # JSON: model ids served by remote OpenAI-compatible servers
     max_body_bytes: int = 1024 * 1024
     max_batch: int = 8
     max_queue: int = 32
@@ -116,6 +118,7 @@ class Settings:
                 "leave LLMVIZ_DEVICE and LLMVIZ_DTYPE at auto, cpu or float32"
             )
         self._validate_device_map()
+        parse_remote_models(self.remote_models)
         for f in fields(self):
             if f.type == "int" and getattr(self, f.name) < 1:
                 raise ValueError(f"LLMVIZ_{f.name.upper()} must be at least 1")

@@ -95,3 +95,33 @@ def translate(exc: Exception) -> APIError | None:
     if isinstance(exc, TaskAbandoned):
         return ClientClosedRequest()
     return None
+
+
+class RemoteFailed(APIError):
+    """A remote model's server (LLMVIZ_REMOTE_MODELS) could not be reached or failed; the
+    message says which and passes on the remote's own."""
+
+    status, code = 502, "remote_failed"
+
+
+class RemoteTimeout(APIError):
+    """A remote model's server did not answer within its `timeout`."""
+
+    status, code = 504, "remote_timeout"
+
+
+class RemoteRefused(APIError):
+    """A remote model's server refused the request as the client sent it (its 4xx), with
+    that status and the remote's message."""
+
+    status, code = 400, "remote_refused"  # or the remote's 413, 422, 429
+
+    def __init__(self, message: str, status: int, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers=headers)
+        self.status = status
+
+
+class NotAvailableRemotely(APIError):
+    """What a remote model cannot give (attention, the logit lens, residual streams)."""
+
+    status, code = 400, "not_available_for_remote_model"

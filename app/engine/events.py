@@ -55,9 +55,12 @@ class DoneEvent:
 
 @dataclass(frozen=True)
 class ErrorEvent:
-    """The generation failed after it started; no event follows."""
+    """The generation failed after it started; no event follows. `status` and `code` are
+    what a client is told (a remote model's failure is not this server's 500)."""
 
     message: str
+    status: int = 500
+    code: str = "generation_failed"
 
 
 Event = TokenEvent | DoneEvent | ErrorEvent

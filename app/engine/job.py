@@ -134,11 +134,11 @@ class GenerationJob:
         """Whether the job has posted its last event (done, or an error)."""
         return "finished" in self._times
 
-    def fail(self, message: str) -> None:
-        """Report a failure to the waiting handler."""
+    def fail(self, message: str, status: int = 500, code: str = "generation_failed") -> None:
+        """Report a failure to the waiting handler (`status` and `code`: see ErrorEvent)."""
         self._times["finished"] = time.perf_counter()
         self._failed = True
-        self._mailbox.put(ErrorEvent(message))
+        self._mailbox.put(ErrorEvent(message, status, code))
 
     def _alternatives(self, choice: Choice) -> tuple[Alternative, ...]:
         if not choice.top:

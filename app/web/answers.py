@@ -30,10 +30,13 @@ class TokenizeResponse(_Out):
     """POST /tokenize."""
 
     token_ids: list[int]
-    tokens: list[str] = Field(description="The text each token adds; they join to the text.")
+    tokens: list[str] | None = Field(
+        description="The text each token adds; they join to the text. Null for a remote"
+        " model without a local tokenizer (so are `offsets` and `special`)."
+    )
     count: int
-    offsets: list[list[int]] = Field(description="[start, end) characters of the prompt.")
-    special: list[bool]
+    offsets: list[list[int]] | None = Field(description="[start, end) characters of the prompt.")
+    special: list[bool] | None
     prompt: str | None = Field(description="The rendered chat, for `messages`; else null.")
     bos_token_id: int | None = Field(
         None,

@@ -13,7 +13,7 @@ from app.config import Settings
 from app.engine import GenerationJob, SamplingParams
 from app.engine.threads import run_off_hub
 from app.models import ModelProfile, prompts
-from app.web import parsing, requestlog, sse
+from app.web import parsing, remote, requestlog, sse
 from app.web.answers import GenerateResponse
 from app.web.bodies import GenerateRequest
 from app.web.disconnect import disconnect_probe
@@ -33,9 +33,13 @@ def generate():
     """Generate a continuation and answer with the whole text at once."""
     body = parsing.read_body(GenerateRequest)
     settings = parsing.settings()
-    lm = models.cache.get(parsing.model_spec(body.model_id))
-    run = _run(lm.profile, body, settings)
-    run.submit(lm)
+    far = parsing.remote_model(body.model_id)
+    if far is not None:
+        run = remote.run_of(far, body, settings)
+    else:
+        lm = models.cache.get(parsing.model_spec(body.model_id))
+        run = _run(lm.profile, body, settings)
+        run.submit(lm)
     # A client that leaves stops the work here too, not only on a stream.
     loop.fold(run, settings.sse_ping_seconds, disconnect_probe(request.environ))
     # `details` holds every token, its alternatives and attention rows: shaped off the hub.
@@ -52,12 +56,16 @@ def generate_stream():
     """Generate a continuation as Server-Sent Events, one event per piece of text."""
     body = parsing.read_body(GenerateRequest)
     settings = parsing.settings()
-    spec = parsing.model_spec(body.model_id)
-    lm = models.cache.peek(spec)
-    if lm is not None:
+    far = parsing.remote_model(body.model_id)
+    spec = None if far is not None else parsing.model_spec(body.model_id)
+    lm = None if spec is None else models.cache.peek(spec)
+    if far is not None:
+        run = remote.run_of(far, body, settings)
+    elif lm is not None:
         run = _run(lm.profile, body, settings)
         run.submit(lm)
     else:
+        assert spec is not None
         # Tokenizer and config load in moments: every bad request is still a plain JSON
         # answer. The weights then load while the headers go out and pings keep it open.
         profile = run_off_hub(models.load_profile, spec)
@@ -68,7 +76,7 @@ def generate_stream():
         StreamFramer(body.details, settings.stream_compat, _echoes_prompt(body, settings)),
         settings.sse_ping_seconds,
         disconnect_probe(request.environ),
-        cold=None if lm is not None else spec,
+        cold=None if lm is not None or far is not None else spec,
         progress_pings=not settings.stream_compat,  # the fork's parser shows comments as text
     )
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS)

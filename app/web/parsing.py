@@ -15,8 +15,9 @@ from app import models
 from app.config import Settings
 from app.engine import HeadSelection
 from app.engine.threads import run_off_hub
-from app.errors import BadRequest, PayloadTooLarge
-from app.models import ModelProfile, ModelSpec, PromptInput
+from app.errors import BadRequest, NotAvailableRemotely, PayloadTooLarge
+from app.models import ModelProfile, ModelSpec, PromptInput, remote
+from app.models.remote import RemoteModel
 from app.web.bodies import parse_body
 
 B = TypeVar("B", bound=BaseModel)
@@ -84,7 +85,20 @@ def _decode_json(raw: bytes) -> object:
 def model_spec(model_id: str | None) -> ModelSpec:
     """Where the requested (or default) model lives."""
     config = settings()
+    far = remote.remote_model(model_id or config.default_model, config)
+    if far is not None:
+        raise NotAvailableRemotely(
+            f"model {far.model_id!r} is served by a remote server ({far.spec.host}), "
+            "which returns tokens and logprobs only: this needs the model itself "
+            "(/generate, /generate/stream and /tokenize work on it)"
+        )
     return models.resolve(model_id or config.default_model, config)
+
+
+def remote_model(model_id: str | None) -> RemoteModel | None:
+    """The remote model (LLMVIZ_REMOTE_MODELS) the request names, or None for any other."""
+    config = settings()
+    return remote.remote_model(model_id or config.default_model, config)
 
 
 def prompt_input(body: Any) -> PromptInput:

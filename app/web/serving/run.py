@@ -68,6 +68,13 @@ class Choice:
         return "".join(self.pieces)
 
 
+def _failure(event: ErrorEvent) -> GenerationFailed:
+    """The error a failed job's client sees, with the status and code the job gave."""
+    error = GenerationFailed(event.message)
+    error.status, error.code = event.status, event.code
+    return error
+
+
 def prompt_tokens(choices: list[Choice]) -> int:
     """The prompts' tokens, each prompt counted once however many choices it has."""
     return sum({choice.prompt.index: len(choice.prompt.ids) for choice in choices}.values())
@@ -133,7 +140,7 @@ class Run:
                 choice, event = arrival
                 choice.add(event)
                 if isinstance(event, ErrorEvent):
-                    raise GenerationFailed(event.message)
+                    raise _failure(event)
                 yield choice, event
         finally:
             self.cancel()
@@ -176,7 +183,7 @@ class Run:
             if choice.job is None:
                 continue
             if choice.error is not None:
-                raise GenerationFailed(choice.error.message)
+                raise _failure(choice.error)
             if choice.done is None:  # the reader stopped early: the client went away
                 raise ClientClosedRequest
             if choice.done.finish_reason == "shutdown":
