@@ -100,7 +100,14 @@ def _request(
         "stream_options": {"include_usage": True},
         **({"seed": body.seed} if body.seed is not None else {}),
         **({"stop": list(body.stop)} if body.stop else {}),
-        **_extensions(remote, body),
+        **extensions(
+            remote,
+            {
+                "top_k": body.top_k,
+                "repetition_penalty": body.repetition_penalty,
+                "ignore_eos": body.ignore_eos,
+            },
+        ),
     }
     if given.messages is not None:
         request["messages"] = given.messages
@@ -117,19 +124,16 @@ def _request(
     return "completions", request, text, ids
 
 
-def _extensions(remote: RemoteModel, body: GenerateRequest) -> dict[str, Any]:
-    """The sampling extensions the request sets, checked against the engine's."""
+def extensions(remote: RemoteModel, given: dict[str, Any]) -> dict[str, Any]:
+    """The sampling extensions a request sets (`top_k`, `repetition_penalty`, `ignore_eos`;
+    unset or at their defaults are left out), checked against the remote's engine.
+
+    Raises BadRequest naming the first the engine does not take.
+    """
     engine = remote.spec.engine
     taken = _EXTENSIONS[engine]
-    asked = {
-        name: value
-        for name, value, default in (
-            ("top_k", body.top_k, 0),
-            ("repetition_penalty", body.repetition_penalty, 1.0),
-            ("ignore_eos", body.ignore_eos, False),
-        )
-        if value != default
-    }
+    defaults = {"top_k": 0, "repetition_penalty": 1.0, "ignore_eos": False}
+    asked = {k: v for k, v in given.items() if v is not None and v != defaults[k]}
     refused = sorted(set(asked) - taken)
     if refused:
         raise BadRequest(

@@ -102,6 +102,7 @@ def test_tokenize_by_the_remote_or_the_local_tokenizer(front, far):
     ("path", "body", "named"),
     [
         ("/inspect", {"prompt": "Hello"}, "needs the model itself"),
+        ("/models/far/config", None, "needs the model itself"),
         ("/generate", {**BODY, "details": True, "attention": "last_row"}, "live attention"),
         ("/generate/stream", {**BODY, "details": True, "attention": "last_row"}, "live attention"),
         ("/detokenize", {"token_ids": [1, 2]}, "local `tokenizer`"),
@@ -109,7 +110,10 @@ def test_tokenize_by_the_remote_or_the_local_tokenizer(front, far):
     ],
 )
 def test_what_a_remote_cannot_give_is_a_clear_400(front, path, body, named):
-    response = requests.post(front.url(path), json={"model_id": "far", **body}, timeout=30)
+    if body is None:
+        response = requests.get(front.url(path), timeout=30)
+    else:
+        response = requests.post(front.url(path), json={"model_id": "far", **body}, timeout=30)
     assert response.status_code == 400, response.text
     answer = response.json()
     assert answer["code"] == "not_available_for_remote_model" and named in answer["error"]
@@ -198,3 +202,61 @@ def test_remote_failures_are_translated_and_the_server_keeps_serving(
         answer = response.json()
         assert answer["code"] == code and said in answer["error"]
     assert broken.generate(model_id="far", **BODY)  # the others still work
+
+
+def test_v1_completions_through_the_front_equal_the_remotes(front, far):
+    asked = {"prompt": "Hello world", "max_tokens": 8, "temperature": 0, "logprobs": 3}
+    theirs = far.post("/v1/completions", model="tiny-gpt2", **asked)
+    ours = front.post("/v1/completions", model="far", **asked)
+    assert ours["model"] == "far" and ours["object"] == "text_completion"
+    mine, real = ours["choices"][0], theirs["choices"][0]
+    assert mine["text"] == real["text"] and mine["finish_reason"] == real["finish_reason"]
+    assert mine["logprobs"]["tokens"] == real["logprobs"]["tokens"]
+    assert mine["logprobs"]["token_logprobs"] == pytest.approx(
+        real["logprobs"]["token_logprobs"], abs=1e-4
+    )
+    assert mine["logprobs"]["top_logprobs"] == real["logprobs"]["top_logprobs"]
+    assert ours["usage"] == theirs["usage"]
+    # Streamed, n = 2 seeded choices: each as the remote gives choice i of the same request.
+    seeded = {"prompt": "Hello", "max_tokens": 6, "n": 2, "seed": 7, "stream": True}
+    chunks = _v1_chunks(front, {**seeded, "model": "far"})
+    expected = _v1_chunks(far, {**seeded, "model": "tiny-gpt2"})
+    assert _texts(chunks) == _texts(expected) and len(_texts(chunks)) == 2
+
+
+def test_v1_chat_through_the_front_equals_the_remotes(front, far):
+    asked = {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 6,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 2,
+    }
+    theirs = far.post("/v1/chat/completions", model="tiny-llama", **asked)["choices"][0]
+    ours = front.post("/v1/chat/completions", model="far-llama", **asked)["choices"][0]
+    assert ours["message"]["content"] == theirs["message"]["content"]
+    got, real = ours["logprobs"]["content"], theirs["logprobs"]["content"]
+    assert [t["token"] for t in got] == [t["token"] for t in real]
+    assert [t["logprob"] for t in got] == pytest.approx([t["logprob"] for t in real], abs=1e-4)
+
+
+def test_v1_echo_with_logprobs_needs_the_model(front):
+    asked = {"model": "far", "prompt": "Hi", "max_tokens": 2, "echo": True, "logprobs": 1}
+    response = requests.post(front.url("/v1/completions"), json=asked, timeout=30)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "not_available_for_remote_model" and error["param"] == "echo"
+
+
+def _v1_chunks(live: LiveServer, body: dict) -> list[dict]:
+    response = requests.post(live.url("/v1/completions"), json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    return [json.loads(d) for d in message_data(parse(response.text)) if d != "[DONE]"]
+
+
+def _texts(chunks: list[dict]) -> dict[int, str]:
+    texts: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+    return texts

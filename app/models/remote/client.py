@@ -57,6 +57,15 @@ class RemoteToken:
 
 
 @dataclass(frozen=True)
+class RemoteText:
+    """Text that is no token of its own: in a stream with per-token logprobs, a chunk that
+    carries text and no logprobs (a server sending text it held back, as this server does at
+    the end of a stream)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class RemoteEnd:
     """How the remote's generation ended: `finish_reason` as the remote says it (`stop`,
     `length`), `stop_reason` where vLLM adds it (the stop string, or a stop token's id),
@@ -101,8 +110,12 @@ def open_stream(
     return response
 
 
-def read_tokens(spec: RemoteSpec, response: requests.Response) -> Iterator[RemoteToken | RemoteEnd]:
-    """The tokens of a streamed completion or chat completion, then one RemoteEnd.
+def read_tokens(
+    spec: RemoteSpec, response: requests.Response, logprobs: bool = False
+) -> Iterator[RemoteToken | RemoteText | RemoteEnd]:
+    """The tokens of a streamed completion or chat completion, then one RemoteEnd. With
+    `logprobs` (they were asked for), a chunk's text without them is RemoteText, not a
+    token; without, each chunk that adds text is one token (all a server tells).
 
     Raises:
         RemoteFailed: the stream broke off, sent an error, or ended without finishing.
@@ -119,7 +132,7 @@ def read_tokens(spec: RemoteSpec, response: requests.Response) -> Iterator[Remot
                 raise RemoteFailed(_said(spec, f"failed mid-stream: {_message(chunk['error'])}"))
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices") or []:
-                yield from _tokens(choice)
+                yield from _tokens(choice, logprobs)
                 if choice.get("finish_reason"):
                     finish = (choice["finish_reason"], choice.get("stop_reason"))
         else:
@@ -135,7 +148,7 @@ def read_tokens(spec: RemoteSpec, response: requests.Response) -> Iterator[Remot
     )
 
 
-def _tokens(choice: dict[str, Any]) -> Iterator[RemoteToken]:
+def _tokens(choice: dict[str, Any], logprobs: bool) -> Iterator[RemoteToken | RemoteText]:
     """One choice of one chunk, as tokens: its logprobs' entries, or else its text."""
     delta = choice.get("delta")
     text = (delta or {}).get("content") if delta is not None else choice.get("text")
@@ -143,7 +156,10 @@ def _tokens(choice: dict[str, Any]) -> Iterator[RemoteToken]:
     ids = choice.get("token_ids") or []
     entries = _entries(choice.get("logprobs"))
     if not entries:
-        if text or ids:
+        if logprobs and not ids:
+            if text:
+                yield RemoteText(text)
+        elif text or ids:
             yield RemoteToken(text, ids[0] if len(ids) == 1 else None)
         return
     pieces = [entry.text for entry in entries]

@@ -20,7 +20,13 @@ from app.engine import GenerationJob, SamplingParams
 from app.engine.events import Alternative, DoneEvent, TokenEvent
 from app.engine.threads import spawn
 from app.errors import APIError
-from app.models.remote.client import RemoteEnd, RemoteToken, open_stream, read_tokens
+from app.models.remote.client import (
+    RemoteEnd,
+    RemoteText,
+    RemoteToken,
+    open_stream,
+    read_tokens,
+)
 from app.remotes import RemoteSpec
 
 UNKNOWN_ID = -1  # a token whose id the remote did not give
@@ -44,6 +50,7 @@ class RemoteJob(GenerationJob):
         super().__init__(prompt_ids, params)
         self._spec, self._endpoint, self._body, self._session = spec, endpoint, body, session
         self._response: requests.Response | None = None
+        self._held = ""  # text that is no token (RemoteText), not sent yet
 
     def connect(self) -> None:
         """Open the remote stream (raises app.errors' remote errors)."""
@@ -67,11 +74,13 @@ class RemoteJob(GenerationJob):
         assert self._response is not None, "connect() first"
         end: RemoteEnd | None = None
         try:
-            for item in read_tokens(self._spec, self._response):
+            for item in read_tokens(self._spec, self._response, self.params.logprobs):
                 if self.cancelled:
                     break
                 if isinstance(item, RemoteEnd):
                     end = item
+                elif isinstance(item, RemoteText):
+                    self._held += item.text  # goes out with the next token, or at the end
                 else:
                     self._post(item)
         except Exception as exc:  # a closed connection raises whatever the socket raised
@@ -93,8 +102,9 @@ class RemoteJob(GenerationJob):
             Alternative(_known(alt.token_id), alt.text, _or_ruled_out(alt.logprob))
             for alt in token.top
         )
+        text, self._held = self._held + token.text, ""
         event = TokenEvent(
-            _known(token.token_id), token.text, token.text, False, _finite(token.logprob), top
+            _known(token.token_id), text, token.text, False, _finite(token.logprob), top
         )
         self._mailbox.put(event)
 
@@ -106,7 +116,8 @@ class RemoteJob(GenerationJob):
             reason = _reason(end)
             prompt_tokens = end.prompt_tokens or len(self.prompt_ids)
         self._times["finished"] = time.perf_counter()
-        self._mailbox.put(DoneEvent(reason, prompt_tokens, self.generated, "", self._timing()))
+        done = DoneEvent(reason, prompt_tokens, self.generated, self._held, self._timing())
+        self._mailbox.put(done)
 
 
 def _reason(end: RemoteEnd) -> str:

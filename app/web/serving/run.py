@@ -76,8 +76,14 @@ def _failure(event: ErrorEvent) -> GenerationFailed:
 
 
 def prompt_tokens(choices: list[Choice]) -> int:
-    """The prompts' tokens, each prompt counted once however many choices it has."""
-    return sum({choice.prompt.index: len(choice.prompt.ids) for choice in choices}.values())
+    """The prompts' tokens, each prompt counted once however many choices it has (as its
+    job counted them where the prompt's ids are not known here: a remote model's)."""
+    counts: dict[int, int] = {}
+    for choice in choices:
+        counted = choice.done.prompt_tokens if choice.done is not None else 0
+        known = len(choice.prompt.ids) or counted
+        counts[choice.prompt.index] = max(counts.get(choice.prompt.index, 0), known)
+    return sum(counts.values())
 
 
 def generated_tokens(choices: list[Choice]) -> int:

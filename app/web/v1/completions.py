@@ -20,13 +20,14 @@ from app.config import Settings
 from app.engine.threads import run_off_hub
 from app.errors import APIError, BadRequest
 from app.models import LoadedModel, ModelProfile, ModelSpec, PromptInput, prompts
+from app.models.remote import RemoteModel
 from app.web import parsing, requestlog, sse
 from app.web.disconnect import disconnect_probe
 from app.web.docs import documented
 from app.web.large import reply_off_hub
 from app.web.serving import loop
 from app.web.serving.run import Choice, Prompt, Run
-from app.web.v1 import choices
+from app.web.v1 import choices, remote
 from app.web.v1.answers import ChatCompletion, Completion, OpenAIErrorResponse
 from app.web.v1.bodies import ChatCompletionRequest, CompletionRequest
 from app.web.v1.streams import ChunkFramer
@@ -44,6 +45,14 @@ def completions():
     body: CompletionRequest = parsing.read_body(CompletionRequest)
     settings = parsing.settings()
     top = body.logprobs
+    far = parsing.remote_model(body.model)
+    if far is not None:
+        max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
+        planned = remote.completion_choices(far, body, max_tokens, settings)
+        meta = Meta(f"cmpl-{uuid.uuid4().hex}", int(time.time()), far.model_id)
+        return _answer_remote(
+            far, body, planned, CompletionView(meta, bool(body.echo), top, {}), settings
+        )
     scoring = bool(body.echo) and top is not None  # scores the prompt: needs the weights now
     target = _target(body.model, cold_ok=bool(body.stream) and not scoring)
     profile = target.profile
@@ -69,6 +78,11 @@ def chat_completions():
     """OpenAI's chat completions: the messages go through the model's chat template."""
     body: ChatCompletionRequest = parsing.read_body(ChatCompletionRequest)
     settings = parsing.settings()
+    far = parsing.remote_model(body.model)
+    if far is not None:
+        planned = remote.chat_choices(far, body, settings)
+        meta = Meta(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), far.model_id)
+        return _answer_remote(far, body, planned, ChatView(meta, bool(body.logprobs)), settings)
     target = _target(body.model, cold_ok=bool(body.stream))
     profile = target.profile
     try:
@@ -117,6 +131,19 @@ def _target(model_id: str | None, cold_ok: bool) -> _Target:
         raise
 
 
+def _answer_remote(
+    far: RemoteModel, body: Any, planned: list[Choice], view: View, settings: Settings
+) -> Response:
+    """Connect a remote model's choices and answer as `_answer` does."""
+    run = Run(far.model_id, planned, requestlog.record())
+    try:
+        remote.start(run)
+    except APIError as exc:
+        exc.param = exc.param or "model"
+        raise
+    return _respond(run, body, view, settings, None)
+
+
 def _answer(
     target: _Target, body: Any, planned: list[Choice], view: View, settings: Settings
 ) -> Response:
@@ -127,6 +154,13 @@ def _answer(
         run.submit(target.lm)
     else:
         models.cache.begin(target.spec, target.profile)
+    return _respond(run, body, view, settings, None if target.lm is not None else target.spec)
+
+
+def _respond(
+    run: Run, body: Any, view: View, settings: Settings, cold: ModelSpec | None
+) -> Response:
+    """One JSON body, or a stream (waiting for the `cold` model's load first)."""
     if body.user is not None:
         run.record["user"] = body.user
     ping, client_gone = settings.sse_ping_seconds, disconnect_probe(request.environ)
@@ -136,7 +170,6 @@ def _answer(
         # built and encoded off the hub (n=16 with 20 alternatives stalled /health 8.7 s).
         return reply_off_hub(lambda: view.whole(run.choices))
     usage = bool(body.stream_options and body.stream_options.include_usage)
-    cold = None if target.lm is not None else target.spec
     stream = loop.stream(run, ChunkFramer(view, usage), ping, client_gone, cold=cold)
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS)
 

@@ -9,7 +9,13 @@ import pytest
 
 from app.config import Settings
 from app.errors import RemoteFailed
-from app.models.remote.client import RemoteAlternative, RemoteEnd, RemoteToken, read_tokens
+from app.models.remote.client import (
+    RemoteAlternative,
+    RemoteEnd,
+    RemoteText,
+    RemoteToken,
+    read_tokens,
+)
 from app.models.remote.job import _reason
 from app.remotes import RemoteSpec, parse_remote_models
 
@@ -154,3 +160,22 @@ def test_remote_models_are_read_with_their_defaults(monkeypatch):
 def test_bad_remote_models_stop_startup_naming_the_field(raw, said):
     with pytest.raises(ValueError, match=said):
         Settings.from_env({"LLMVIZ_REMOTE_MODELS": raw})
+
+
+def test_text_without_logprobs_in_a_logprobs_stream_is_no_token():
+    # This server sends text it held back (a partial character, a stop string's start)
+    # in a last chunk with no logprobs: it belongs to the stream, not to a new token.
+    stream = _Stream(
+        _legacy("a", ["a"], [-1.0], [{}]),
+        {"choices": [{"index": 0, "text": "\ufffd", "logprobs": None}]},
+        _legacy("", [], [], [], finish="length"),
+    )
+    items = list(read_tokens(SPEC, stream, logprobs=True))
+    assert items[:2] == [RemoteToken("a", None, -1.0, ()), RemoteText("\ufffd")]
+    plain = [
+        i
+        for i in read_tokens(
+            SPEC, _Stream({"choices": [{"text": "b"}]}, _legacy("", [], [], [], finish="stop"))
+        )
+    ]
+    assert plain[0] == RemoteToken("b")
