@@ -115,7 +115,9 @@ def check_map(placed: dict[str, int | str], config: Any) -> None:
         if inner != outer and (outer == "" or inner.startswith(outer + "."))
     )
     if nested:
-        problems.append(f"entries inside one another ({_few(nested, quoted=False)}): give each module once")
+        problems.append(
+            f"entries inside one another ({_few(nested, quoted=False)}): give each module once"
+        )
     known = {m: _device_name(d) for m, d in placed.items() if m in modules}
     names = [n for n, _ in skeleton.named_parameters(remove_duplicate=False)]
     unplaced = [n for n in names if _owner(n, known) not in known]
