@@ -6,8 +6,15 @@ from flask import Blueprint
 
 from app import models
 from app.errors import ModelNotFound
+from app.ops import placement
 from app.web import parsing
-from app.web.answers import LoadedModelInfo, LoadingProgress, ModelsResponse, UnloadResponse
+from app.web.answers import (
+    LoadedModelInfo,
+    LoadingProgress,
+    ModelsResponse,
+    ServedBy,
+    UnloadResponse,
+)
 from app.web.docs import documented
 from app.web.shaping import reply
 
@@ -17,7 +24,7 @@ bp = Blueprint("models", __name__)
 @bp.get("/models")
 @documented(None, ModelsResponse)
 def list_models():
-    """Models in memory (device, dtype, memory, engine counters) and folders that can be loaded."""
+    """Models in memory and loadable, and the process (Ray node, replica) that answered."""
     settings = parsing.settings()
     return reply(
         ModelsResponse(
@@ -30,6 +37,7 @@ def list_models():
                 if models.allowed(model_id, settings)  # as a request for it is checked
             ],
             default_model=settings.default_model,
+            served_by=ServedBy.model_validate(placement.served_by()),
         )
     )
 

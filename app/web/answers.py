@@ -180,6 +180,23 @@ class LoadingProgress(_Out):
     )
 
 
+class RayPlacement(_Out):
+    """The Ray Serve replica that answered (deploy/ray/, docs/scaling.md)."""
+
+    node_id: str = Field(description="The Ray node the replica runs on.")
+    application: str
+    deployment: str
+    replica_id: str = Field(description="The replica's id, unique in its deployment.")
+
+
+class ServedBy(_Out):
+    """The process that answered: each replica has its own models."""
+
+    host: str
+    pid: int
+    ray: RayPlacement | None = Field(description="Its Serve replica; null outside Ray Serve.")
+
+
 class ModelsResponse(_Out):
     """GET /models."""
 
@@ -190,6 +207,9 @@ class ModelsResponse(_Out):
     )
     available: list[str]
     default_model: str
+    served_by: ServedBy = Field(
+        description="The process (and Ray node and replica) that answered, and so holds `loaded`."
+    )
 
 
 class UnloadResponse(_Out):

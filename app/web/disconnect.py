@@ -1,4 +1,9 @@
-"""Noticing that an HTTP client has gone away before a write fails."""
+"""Noticing that an HTTP client has gone away before a write fails.
+
+Under gunicorn and Flask's server, from the request's socket. A server that hands the app
+no socket but learns of the client leaving some other way (deploy/ray/bridge.py, under Ray
+Serve) puts a callable under `CLIENT_GONE` in the WSGI environ instead.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,21 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
+# The environ key of a server's own "has the client gone?" callable (deploy/ray/bridge.py).
+CLIENT_GONE = "llmviz.client_gone"
+
 
 def disconnect_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:
     """A cheap check, for the request's socket, that the peer has closed its side.
 
     A write to a closed connection often succeeds once (the kernel buffers it)
     and fails only at the next one; reading an end-of-file first saves those
-    wasted decoding steps. Without a socket in the WSGI environ, it never fires.
+    wasted decoding steps. A server's own `CLIENT_GONE` callable comes first; without it or
+    a socket in the WSGI environ, it never fires.
     """
+    told = environ.get(CLIENT_GONE)
+    if callable(told):
+        return lambda: bool(told())
     sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
     if sock is None:
         return lambda: False

@@ -51,8 +51,7 @@ def init_app(app: Flask) -> None:
 def _emit(fields: dict[str, Any], started: float, as_json: bool, with_text: bool) -> None:
     seconds = time.perf_counter() - started
     fields["duration_ms"] = round(seconds * 1000, 3)
-    metrics.REQUESTS.labels(fields["endpoint"], fields["method"], str(fields["status"])).inc()
-    metrics.REQUEST_SECONDS.labels(fields["endpoint"]).observe(seconds)
+    metrics.observe_request(fields["endpoint"], fields["method"], str(fields["status"]), seconds)
     shown = {k: v for k, v in fields.items() if with_text or k not in _TEXT_FIELDS}
     if as_json:
         log.info(json.dumps(shown, ensure_ascii=False))

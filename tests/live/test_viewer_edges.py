@@ -378,6 +378,42 @@ def test_10_the_model_status_says_what_its_memory_figure_counts(tab, server):
     assert "of tensors in memory" in status
 
 
+def test_11_calls_for_a_model_carry_it_in_the_header_ray_serve_routes_by(tab, server, page_origin):
+    """The viewer names each call's model in `serve_multiplexed_model_id` (docs/scaling.md);
+    the client module on another origin does so only when asked, as it costs a preflight."""
+    header = "serve_multiplexed_model_id"
+    seen: list[tuple[str, str, str | None]] = []
+    tab.on(
+        "request", lambda r: seen.append((r.method, urlsplit(r.url).path, r.headers.get(header)))
+    )
+    _open(tab, server, model=NANO, prompt="CBABBC", temperature=0, max_new_tokens=6)
+    tab.click(GENERATE)
+    _wait(tab, f"document.querySelector('{OUTPUT}').dataset.state === 'done'")
+    _wait(tab, INSPECTED)
+    calls = {
+        (method, path): value for method, path, value in seen if path != "/" and "." not in path
+    }
+    for call in [("GET", "/models/config"), ("POST", "/tokenize"), ("POST", "/generate/stream")]:
+        assert calls[call] == NANO, (call, calls)
+    assert calls[("POST", "/inspect")] == NANO
+    assert calls[("GET", "/models")] is None  # no model: any replica may answer
+    # From another origin: no header unless `modelHeader: true` (then a preflight allows it).
+    tab.goto(page_origin + "/viewer_client.html")
+    module = server.url("/viewer/client.js")
+    seen.clear()
+    tab.evaluate(
+        """async ([module, id]) => {
+          const { LlmvizClient } = await import(module);
+          await new LlmvizClient().tokenize({ model_id: id, prompt: "CBA" });
+          await new LlmvizClient({ modelHeader: true }).tokenize({ model_id: id, prompt: "CBA" });
+        }""",
+        [module, NANO],
+    )
+    sent = [(method, value) for method, path, value in seen if path == "/tokenize"]
+    assert sent == [("POST", None), ("POST", NANO)], sent
+    assert tab.errors == []
+
+
 def test_the_link_budget_fits_gunicorn_and_the_shipped_nginx(server):
     """The page's longest link (url-state.js's URL_BUDGET) loads directly and through nginx.
 

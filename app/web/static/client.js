@@ -36,16 +36,24 @@ export class ApiError extends Error {
   }
 }
 
+/** The header Ray Serve's proxy routes a call by (its model multiplexing). */
+export const MODEL_HEADER = "serve_multiplexed_model_id";
+
 export class LlmvizClient {
   /**
    * @param {object} options
    * @param {string|URL} [options.baseUrl] the server; by default the one that served this file
    * @param {string|null} [options.apiKey] sent as `Authorization: Bearer <key>`
+   * @param {boolean|null} [options.modelHeader] send a call's model id as the
+   *   `serve_multiplexed_model_id` header too, so that Ray Serve routes it to a replica that
+   *   holds the model (docs/scaling.md). By default only to the page's own origin: on
+   *   another origin the header costs a CORS preflight.
    */
-  constructor({ baseUrl = new URL("..", import.meta.url), apiKey = null } = {}) {
+  constructor({ baseUrl = new URL("..", import.meta.url), apiKey = null, modelHeader = null } = {}) {
     this.baseUrl = new URL(baseUrl);
     if (!this.baseUrl.pathname.endsWith("/")) this.baseUrl.pathname += "/";
     this.apiKey = apiKey;
+    this.modelHeader = modelHeader ?? this.baseUrl.origin === globalThis.location?.origin;
     // Calls that have not had their first answer yet: a model may be loading for them.
     // A page can show load progress (GET /models) only while this is above 0.
     this.waiting = 0;
@@ -59,7 +67,7 @@ export class LlmvizClient {
   /** `GET /models/config`: a model's normalized architecture. */
   async config(modelId, { signal } = {}) {
     const path = `models/config?model_id=${encodeURIComponent(modelId)}`;
-    return (await this.#send("GET", path, undefined, signal)).json();
+    return (await this.#send("GET", path, undefined, signal, modelId)).json();
   }
 
   /** `POST /tokenize`: ids, token texts, character offsets, special flags. */
@@ -116,11 +124,16 @@ export class LlmvizClient {
     }
   }
 
-  async #send(method, path, body, signal) {
+  async #send(method, path, body, signal, modelId = body?.model_id) {
     // text/plain is a "simple" content type: a cross-origin call needs no preflight for it,
     // and the server reads every body as JSON whatever its Content-Type.
     const headers = body === undefined ? {} : { "Content-Type": "text/plain;charset=UTF-8" };
     if (this.apiKey) headers.Authorization = `Bearer ${this.apiKey}`;
+    // Ray Serve's proxy routes by this header, never by the body (fetch refuses a header
+    // value outside Latin-1: an id it cannot carry is left to the body alone).
+    if (this.modelHeader && typeof modelId === "string" && /^[\x21-\x7e]+$/.test(modelId)) {
+      headers[MODEL_HEADER] = modelId;
+    }
     let response;
     this.waiting += 1;
     try {

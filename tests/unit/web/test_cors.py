@@ -118,3 +118,21 @@ def test_a_plain_wildcard_policy_does_not_vary_by_origin(client, method, path, b
     for headers in ({"Origin": GOOD}, {}):
         response = _answer(client, method, path, body, {**extra, **headers})
         assert "origin" not in _vary(response)
+
+
+@pytest.mark.parametrize("origins", [("*",), (GOOD,)], ids=["any-origin", "listed-origin"])
+def test_preflights_allow_the_header_ray_serve_routes_by(model_root, origins):
+    """The viewer and client.js name a call's model in `serve_multiplexed_model_id`
+    (docs/scaling.md): a browser sends it only if the preflight allows it."""
+    client = create_app({"model_root": model_root, "cors_origins": origins}).test_client()
+    preflight = client.options(
+        "/generate/stream",
+        headers={
+            "Origin": GOOD,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, serve_multiplexed_model_id",
+        },
+    )
+    assert preflight.status_code == 200
+    allowed = preflight.headers["Access-Control-Allow-Headers"].lower()
+    assert "serve_multiplexed_model_id" in allowed and "authorization" in allowed
