@@ -6,12 +6,14 @@ from flask import Blueprint
 
 from app import models
 from app.errors import ModelNotFound
+from app.models.remote import remote_models
 from app.ops import placement
 from app.web import parsing
 from app.web.answers import (
     LoadedModelInfo,
     LoadingProgress,
     ModelsResponse,
+    RemoteModelInfo,
     ServedBy,
     UnloadResponse,
 )
@@ -35,6 +37,10 @@ def list_models():
                 model_id
                 for model_id in models.list_demo() + models.list_local(settings.model_root)
                 if models.allowed(model_id, settings)  # as a request for it is checked
+            ],
+            remote=[
+                RemoteModelInfo.model_validate(far.describe())
+                for far in remote_models(settings).values()
             ],
             default_model=settings.default_model,
             served_by=ServedBy.model_validate(placement.served_by()),

@@ -197,6 +197,18 @@ class ServedBy(_Out):
     ray: RayPlacement | None = Field(description="Its Serve replica; null outside Ray Serve.")
 
 
+class RemoteModelInfo(_Out):
+    """A remote model in GET /models: where it is served (never its key or URL path)."""
+
+    model_id: str
+    backend: Literal["remote"]
+    host: str = Field(description="The remote server's host and port.")
+    remote_model: str = Field(description="The remote's name for the model.")
+    engine: Literal["vllm", "llama.cpp", "ollama", "llmviz", "openai"]
+    local_tokenizer: bool = Field(description="Whether a local tokenizer was given.")
+    started_jobs: int = Field(description="Generations sent to it by this process.")
+
+
 class ModelsResponse(_Out):
     """GET /models."""
 
@@ -206,6 +218,9 @@ class ModelsResponse(_Out):
         description="How far each load in `loading` has come."
     )
     available: list[str]
+    remote: list[RemoteModelInfo] = Field(
+        description="Models another server generates (LLMVIZ_REMOTE_MODELS)."
+    )
     default_model: str
     served_by: ServedBy = Field(
         description="The process (and Ray node and replica) that answered, and so holds `loaded`."

@@ -70,3 +70,15 @@ def browser():
         )
         yield chromium
         chromium.close()
+
+
+@pytest.fixture
+def tab(browser):
+    """A fresh tab with its own storage and cache, collecting console errors in `errors`."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.errors = []
+    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
+    page.on("pageerror", lambda e: page.errors.append(f"uncaught: {e}"))
+    yield page
+    context.close()

@@ -58,18 +58,6 @@ SAMPLE_FRAMES = """() => {
 }"""
 
 
-@pytest.fixture
-def tab(browser):
-    """A fresh tab with its own storage and cache, collecting console errors."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.errors = []
-    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
-    page.on("pageerror", lambda e: page.errors.append(f"uncaught: {e}"))
-    yield page
-    context.close()
-
-
 def test_the_whole_flow_with_nano_sort(tab, server):
     # 1. load /, 2. pick the model
     tab.goto(server.url("/"))

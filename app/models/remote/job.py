@@ -98,9 +98,11 @@ class RemoteJob(GenerationJob):
     def _post(self, token: RemoteToken) -> None:
         self._times.setdefault("first_token", time.perf_counter())
         self.generated += 1
+        # As many alternatives as were asked for: llama.cpp's chat logprobs give 20 when
+        # asked for `logprobs: true` with no count.
         top = tuple(
             Alternative(_known(alt.token_id), alt.text, _or_ruled_out(alt.logprob))
-            for alt in token.top
+            for alt in token.top[: self.params.top_logprobs]
         )
         text, self._held = self._held + token.text, ""
         event = TokenEvent(

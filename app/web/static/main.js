@@ -21,6 +21,9 @@ import { readUrlState, writeUrlState } from "./url-state.js";
 const KEY_STORAGE = "llmviz.apiKey";
 const TOP_LOGPROBS = 5;
 const LIVE_EVERY_LAYER = 64; // up to this many layers × heads, live rows come for every layer
+const REMOTE_NOTE =
+  "Attention, the logit lens and residual norms are not available for a remote model: " +
+  "its server returns tokens and their probabilities only.";
 
 const $ = (selector) => document.querySelector(selector);
 const client = new LlmvizClient({ apiKey: localStorage.getItem(KEY_STORAGE) });
@@ -114,6 +117,16 @@ async function selectModel(modelId, picked) {
   notice.clear();
   views.clear("Pick a model and type a prompt: attention appears here.");
   saveUrl();
+  const remote = state.listing?.remote?.find((m) => m.model_id === modelId);
+  if (remote) {
+    // Another server generates it: no config to read, no internals to draw.
+    state.model = { id: modelId, config: null, remote, signal };
+    model.showRemote(remote);
+    views.clear(REMOTE_NOTE);
+    output.setReady(true);
+    await tokenize({ picked });
+    return;
+  }
   const retry = () => selectModel(modelId, picked);
   const config = await attempt("config", () => client.config(modelId, { signal }), retry, signal);
   if (signal.aborted) return; // another model was picked meanwhile
@@ -184,6 +197,11 @@ async function tokenizeText(text, current, turn, picked) {
   notice.clear("tokenize");
   const tokens = { ...answer, text, model: current, seen: { ids: answer.token_ids, labels: answer.tokens } };
   state.tokens = tokens;
+  if (current.remote) {
+    // A remote model's tokens, as far as its server tells (texts only with a local tokenizer).
+    prompt.showRemoteTokens(answer, text);
+    return tokens;
+  }
   if (answer.count) prompt.showTokens(answer, text);
   else tokens.seen = await startToken(current, answer);
   if (turn !== tokenizeTurn || signal.aborted) return null;
@@ -236,7 +254,8 @@ async function streamGeneration(controller, current) {
   // One signal for both ways a stream ends early: Stop, and another model.
   const signal = AbortSignal.any([controller.signal, current.signal]);
   if (!tokens || signal.aborted || tokens.model !== current) return;
-  const context = current.config.context_length;
+  // A remote model's context is its server's to check: it refuses what does not fit.
+  const context = current.remote ? Infinity : current.config.context_length;
   const room = context - Math.max(tokens.count, 1); // an empty prompt starts from BOS
   if (room < 1) {
     const error = new Error(`The prompt's ${tokens.count} tokens fill the model's context (${context}).`);
@@ -251,13 +270,13 @@ async function streamGeneration(controller, current) {
     prompt: tokens.text,
     max_new_tokens: Math.min(wanted, room),
     details: true,
-    top_logprobs: Math.min(TOP_LOGPROBS, current.config.vocab_size),
+    top_logprobs: current.remote ? TOP_LOGPROBS : Math.min(TOP_LOGPROBS, current.config.vocab_size),
     return_full_text: false,
   };
-  const live = attention.live ? liveLayers(current.config, attention.layer) : null;
+  const live = attention.live && !current.remote ? liveLayers(current.config, attention.layer) : null;
   if (live) Object.assign(body, { attention: "last_row", layers: live });
   const seen = tokens.seen; // what the model reads before the first new token
-  views.show(current, seen.ids, seen.labels); // the stream extends the prompt's own rows
+  if (!current.remote) views.show(current, seen.ids, seen.labels); // the stream extends these rows
   prompt.setBusy(true);
   output.begin(room < wanted ? `max_new_tokens limited to ${room} by the context (${context}).` : "");
   const last = { prompt: tokens.text, tokens: [] };
@@ -268,7 +287,7 @@ async function streamGeneration(controller, current) {
       if (event.type === "token") {
         last.tokens.push(event.token);
         output.addToken(event.token);
-        attention.addToken(event.token.id, event.token.text);
+        if (!current.remote) attention.addToken(event.token.id, event.token.text);
         if (event.token.attention) attention.addLiveRows(live, event.token.attention);
       } else if (event.type === "done") {
         output.addText(event.done.delta);
@@ -286,7 +305,7 @@ async function streamGeneration(controller, current) {
   }
   if (current.signal.aborted) return; // the views belong to another model now
   const made = last.tokens;
-  if (made.length) {
+  if (made.length && !current.remote) {
     views.show(current, [...seen.ids, ...made.map((t) => t.id)], [...seen.labels, ...made.map((t) => t.text)]);
   }
 }

@@ -10,6 +10,7 @@ from app import models
 from app.engine.threads import run_off_hub
 from app.errors import APIError
 from app.models import ModelSpec
+from app.models.remote import RemoteModel, remote_models
 from app.models.resolution import DEMO_PREFIX
 from app.web import parsing
 from app.web.docs import documented
@@ -35,6 +36,7 @@ def list_models():
         # Under the id that was checked (a symlink's own name, not its target's), so that
         # a client asking for it is let through.
         shown.append(_describe(spec, model_id))
+    shown += [_remote(far) for far in remote_models(settings).values()]
     return jsonify(ModelList(data=shown).model_dump(mode="json"))
 
 
@@ -42,6 +44,9 @@ def list_models():
 @documented(None, Model, errors=OpenAIErrorResponse)
 def get_model(model_id: str):
     """One model, if it exists here (or on the hub, when the hub is allowed)."""
+    far = parsing.remote_model(model_id)
+    if far is not None:
+        return jsonify(_remote(far).model_dump(mode="json"))
     spec = parsing.model_spec(model_id)
     if models.cache.peek(spec) is None:
         run_off_hub(models.check_available, spec)  # a 404 for a model that is nowhere
@@ -64,3 +69,8 @@ def _describe(spec: ModelSpec, model_id: str) -> Model:
     else:
         owner = model_id.split("/")[0] if "/" in model_id else "huggingface"
     return Model(id=model_id, created=created, owned_by=owner)
+
+
+def _remote(far: RemoteModel) -> Model:
+    """A remote model, owned by its server's host (OpenAI's `owned_by`)."""
+    return Model(id=far.model_id, created=0, owned_by=f"remote:{far.spec.host}")

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import requests
 
 from app.config import Settings
+from app.engine import SamplingParams, TokenEvent
 from app.errors import RemoteFailed
+from app.models.remote import RemoteJob
 from app.models.remote.client import (
     RemoteAlternative,
     RemoteEnd,
@@ -179,3 +182,14 @@ def test_text_without_logprobs_in_a_logprobs_stream_is_no_token():
         )
     ]
     assert plain[0] == RemoteToken("b")
+
+
+def test_a_job_keeps_as_many_alternatives_as_were_asked_for():
+    # llama.cpp's chat logprobs give 20 alternatives for `logprobs: true` with no count.
+    params = SamplingParams(logprobs=True, top_logprobs=2)
+    job = RemoteJob(SPEC, "completions", {}, [], params, requests.Session())
+    alternatives = tuple(RemoteAlternative(t, None, -float(i)) for i, t in enumerate("abcd"))
+    job._post(RemoteToken("a", 5, -0.5, alternatives))
+    event = next(job.events(1.0))
+    assert isinstance(event, TokenEvent)
+    assert [alt.text for alt in event.top] == ["a", "b"] and event.token_id == 5

@@ -192,14 +192,14 @@ export class GeneratePanel {
           },
           h("span", { class: "alt-text" }, visible(alt.text)),
           h("span", { class: "alt-bar", style: `width:${Math.max(1, p * 100)}%` }),
-          h("span", { class: "alt-p" }, percent(p) + (alt.id === token.id ? " · chosen" : "")),
+          h("span", { class: "alt-p" }, percent(p) + (chosen(alt, token) ? " · chosen" : "")),
         ),
       );
     };
     const alternatives = token.top_logprobs ?? [];
     this.popover.replaceChildren(
       h("p", { class: "alt-head" }, `Token ${index}: `, h("b", {}, visible(token.text)),
-        ` · ${percent(probability(token.logprob))} · id ${token.id}`),
+        ` · ${percent(probability(token.logprob))}` + (token.id >= 0 ? ` · id ${token.id}` : "")),
       alternatives.length
         ? h("ul", {}, alternatives.map(choice))
         : h("p", {}, "No alternatives were asked for."),
@@ -236,4 +236,9 @@ function stopStrings(text) {
     .split("\n")
     .filter((line) => line !== "")
     .map((line) => line.replace(/\\([nt\\])/g, (_, c) => escapes[c]));
+}
+
+/** Whether `alt` is the token chosen: by id, or by text where the server gave no ids (-1). */
+function chosen(alt, token) {
+  return token.id >= 0 ? alt.id === token.id : alt.text === token.text;
 }

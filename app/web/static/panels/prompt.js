@@ -72,6 +72,21 @@ export class PromptPanel {
     );
   }
 
+  /**
+   * A remote model's tokens: as `showTokens` where a local tokenizer gave their texts, else
+   * only their count (its server tokenized the prompt and told the ids alone).
+   */
+  showRemoteTokens(answer, text) {
+    if (answer.tokens) {
+      this.showTokens(answer, text);
+      return;
+    }
+    this.answer = null;
+    this.count.textContent =
+      `${answer.count} token${answer.count === 1 ? "" : "s"}, as the remote server counts them`;
+    this.chips.replaceChildren();
+  }
+
   /** What the model expects of a prompt ({text}, from its config), or null: nothing to say. */
   expect(expectation) {
     this.expectation.textContent = expectation?.text ?? "";
