@@ -19,6 +19,7 @@ from app.analysis.patterns import PatternRecorder
 from app.engine import CausalLM, HeadSelection, ModelTask, Tokenizer, input_device, tensors
 from app.engine.attention import eager_attention
 from app.engine.decoding import standalone_texts
+from app.engine.interventions import InterventionSet, decoder_blocks
 
 # Bytes of float32 [positions, vocab] logits worked on at once (see `positions_per_chunk`).
 CHUNK_BYTES = 64 << 20
@@ -36,18 +37,17 @@ class Selection:
     attention_k: int = 8
 
 
-def inspection_task(ids: list[int], sel: Selection) -> ModelTask[dict[str, Any]]:
-    """A task for the model's thread that inspects `ids` and returns the JSON-ready parts."""
-    return ModelTask(lambda model, tokenizer: inspect(model, tokenizer, ids, sel))
+def inspection_task(
+    ids: list[int], sel: Selection, interventions: InterventionSet | None = None
+) -> ModelTask[dict[str, Any]]:
+    """A task for the model's thread that inspects `ids` and returns the JSON-ready parts;
+    with `interventions`, of the model they change."""
 
+    def run(model: CausalLM, tokenizer: Tokenizer) -> dict[str, Any]:
+        with nullcontext() if interventions is None else interventions.applied(model):
+            return inspect(model, tokenizer, ids, sel)
 
-def decoder_layers(model: CausalLM) -> torch.nn.ModuleList:
-    """The model's stack of transformer blocks."""
-    n_layers = model.config.get_text_config().num_hidden_layers
-    for module in model.base_model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
-            return module
-    raise ValueError("cannot find this model's transformer blocks")
+    return ModelTask(run)
 
 
 @torch.inference_mode()
@@ -55,7 +55,7 @@ def inspect(
     model: CausalLM, tokenizer: Tokenizer, ids: list[int], sel: Selection
 ) -> dict[str, Any]:
     """Run the pass and return the requested parts, tensors compactly encoded."""
-    blocks = decoder_layers(model)
+    blocks = decoder_blocks(model)
     layers = list(sel.scope.layers)
     residuals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     hooks = []

@@ -7,12 +7,14 @@ taken at the token's id. The first token has no context, so no score.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from app.engine import CausalLM, ModelTask, Tokenizer, input_device
 from app.engine.decoding import standalone_texts
+from app.engine.interventions import InterventionSet
 
 _ROWS_PER_CHUNK = 256  # [rows, vocab] float32 at a time: 50 MB for a 50k vocabulary
 
@@ -31,9 +33,17 @@ class TokenScores:
     texts: dict[int, str]
 
 
-def scoring_task(ids: list[int], top_n: int = 0) -> ModelTask[TokenScores]:
-    """A task for the model's thread that scores `ids` (one forward pass, no KV cache kept)."""
-    return ModelTask(lambda model, tokenizer: score(model, tokenizer, ids, top_n))
+def scoring_task(
+    ids: list[int], top_n: int = 0, interventions: InterventionSet | None = None
+) -> ModelTask[TokenScores]:
+    """A task for the model's thread that scores `ids` (one forward pass, no KV cache kept);
+    with `interventions`, as the model they change scores them."""
+
+    def run(model: CausalLM, tokenizer: Tokenizer) -> TokenScores:
+        with nullcontext() if interventions is None else interventions.applied(model):
+            return score(model, tokenizer, ids, top_n)
+
+    return ModelTask(run)
 
 
 @torch.inference_mode()

@@ -18,6 +18,7 @@ from app.engine.attention import HeadSelection
 from app.engine.contract import Tokenizer
 from app.engine.decoding import IncrementalDecoder, special_ids
 from app.engine.events import Alternative, DoneEvent, ErrorEvent, Event, TokenEvent
+from app.engine.interventions import InterventionSet
 from app.engine.sampling import Choice, Sampler, SamplingParams, choose_alone
 from app.engine.stopping import StopMatcher
 from app.engine.threads import Mailbox
@@ -32,10 +33,12 @@ class GenerationJob:
         params: SamplingParams,
         stop: tuple[str, ...] = (),
         watch: HeadSelection | None = None,
+        interventions: InterventionSet | None = None,
     ) -> None:
         self.prompt_ids = prompt_ids
         self.params = params
         self.watch = watch
+        self.interventions = interventions  # run in a group of its own (see ModelWorker)
         self.cancelled = False  # set by the handler, read by the worker (atomic under the GIL)
         self.cancel_reason = "cancelled"
         self.generated = 0  # live count, read by the worker's stats

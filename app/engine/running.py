@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -17,6 +18,7 @@ import torch
 
 from app.engine.batch import DecodeBatch, SoloSequence, Step
 from app.engine.contract import CausalLM
+from app.engine.interventions import InterventionSet
 from app.engine.isolation import Failed, choose, fail, hand, isolated
 from app.engine.job import GenerationJob
 from app.engine.kvcache import full_attention
@@ -62,9 +64,13 @@ class RunningGroup:
         counters: PassCounters,
         prefill_chunk: int = 128,
         lean: LeanStep | None = None,
+        interventions: InterventionSet | None = None,
     ) -> None:
-        """`lean`: the model's lean decoding step, where it has one (app/engine/lean.py)."""
+        """`lean`: the model's lean decoding step, where it has one (app/engine/lean.py).
+        `interventions`: hooks around every pass of this group, whose jobs asked for them
+        (such a group takes no lean steps, which bypass the modules hooked)."""
         self._model = model
+        self.interventions = interventions
         self._counters = counters
         self.pace = PrefillPace(prefill_chunk, keys_per_token(model))
         self._lean = lean
@@ -79,10 +85,15 @@ class RunningGroup:
     def __len__(self) -> int:
         return len(self.jobs)
 
-    @property
-    def mergeable(self) -> bool:
-        """Whether new rows can join (see DecodeBatch.mergeable)."""
-        return self.batch.mergeable
+    def takes(self, job: GenerationJob) -> bool:
+        """Whether `job` can join this group's rows (see DecodeBatch.mergeable): a plain job
+        a plain group; an intervened one a group of the same shareable interventions."""
+        if not self.batch.mergeable:
+            return False
+        mine, theirs = self.interventions, job.interventions
+        if mine is None or theirs is None:
+            return mine is theirs
+        return mine.shareable and theirs.shareable and mine.items == theirs.items
 
     @property
     def members(self) -> list[GenerationJob]:
@@ -96,6 +107,15 @@ class RunningGroup:
 
     def add(self, jobs: Sequence[GenerationJob]) -> list[GenerationJob]:
         """Prefill `jobs` together and make them rows; a failed prefill is retried per job."""
+        with self._hooked():
+            return self._add(jobs)
+
+    def _hooked(self) -> AbstractContextManager[None]:
+        if self.interventions is None:
+            return nullcontext()
+        return self.interventions.applied(self._model)
+
+    def _add(self, jobs: Sequence[GenerationJob]) -> list[GenerationJob]:
         prompts, watches = [j.prompt_ids for j in jobs], [j.watch for j in jobs]
         # The prefill never touches the running rows' cache: nothing to roll back.
         alone = partial(self._prefill_each, jobs) if len(jobs) > 1 else None
@@ -110,7 +130,7 @@ class RunningGroup:
 
     def _prefill_each(self, jobs: Sequence[GenerationJob], exc: Exception) -> list[GenerationJob]:
         log.warning("a prefill of %d prompts failed (%s); prefilling each alone", len(jobs), exc)
-        return [ended for job in jobs for ended in self.add([job])]
+        return [ended for job in jobs for ended in self._add([job])]
 
     def wait(self, jobs: Sequence[GenerationJob]) -> None:
         """Queue jobs to join the running rows (see `advance`)."""
@@ -118,6 +138,10 @@ class RunningGroup:
 
     def advance(self) -> list[GenerationJob]:
         """One round: some of the joining prompts, and one token for every decoding job."""
+        with self._hooked():
+            return self._advance()
+
+    def _advance(self) -> list[GenerationJob]:
         started = time.perf_counter()
         ended = self._drop_cancelled()
         waited = bool(self.jobs or self._decoding())  # streams that wait for this round

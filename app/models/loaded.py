@@ -33,6 +33,7 @@ class ModelProfile:
     context_length: int | None
     n_layers: int
     n_heads: int
+    d_model: int | None = None  # the residual stream's width (None: the config does not say)
 
     @property
     def model_id(self) -> str:

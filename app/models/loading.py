@@ -58,8 +58,14 @@ def load_profile(spec: ModelSpec) -> ModelProfile:
         tokenizer = AutoTokenizer.from_pretrained(spec.source, **_options(spec))
         config = AutoConfig.from_pretrained(spec.source, **_options(spec))
     text = config.get_text_config()
+    hidden = getattr(text, "hidden_size", None)
     return ModelProfile(
-        spec, tokenizer, _context_length(text), text.num_hidden_layers, text.num_attention_heads
+        spec,
+        tokenizer,
+        _context_length(text),
+        text.num_hidden_layers,
+        text.num_attention_heads,
+        hidden if isinstance(hidden, int) else None,
     )
 
 

@@ -25,6 +25,64 @@ class _Body(BaseModel):
     )
 
 
+Layer = Annotated[int, Field(ge=0, description="A decoder layer, from 0.")]
+
+
+class _Intervention(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class AblateHead(_Intervention):
+    """Zero head `head`'s output in layer `layer` (its slice before the output projection)."""
+
+    kind: Literal["ablate_head"]
+    layer: Layer
+    head: int = Field(ge=0, description="A query head, from 0.")
+
+
+class AblateMlp(_Intervention):
+    """Zero the MLP block's output in layer `layer`."""
+
+    kind: Literal["ablate_mlp"]
+    layer: Layer
+
+
+class Steer(_Intervention):
+    """Add `scale` × `vector` to the residual stream entering `layer`, at every position;
+    or the vector of a `contrast`: the stream entering `layer` at the last token of the first
+    text minus that of the second (activation addition, Turner et al. 2023)."""
+
+    kind: Literal["steer"]
+    layer: Layer
+    vector: list[float] | None = Field(None, max_length=65536, description="[d_model] floats.")
+    contrast: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
+        None, min_length=2, max_length=2, description="Two texts, instead of `vector`."
+    )
+    scale: float = Field(1.0, ge=-1e4, le=1e4)
+
+    @model_validator(mode="after")
+    def _one_direction(self) -> Steer:
+        if (self.vector is None) == (self.contrast is None):
+            raise ValueError("give exactly one of `vector` and `contrast`")
+        return self
+
+
+class Patch(_Intervention):
+    """Replace the residual stream entering `layer` at `positions` by `source`'s there."""
+
+    kind: Literal["patch"]
+    layer: Layer
+    source: str = Field(min_length=1, max_length=16384, description="The text to patch from.")
+    positions: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=1024)
+
+
+InterventionBody = Annotated[AblateHead | AblateMlp | Steer | Patch, Field(discriminator="kind")]
+Interventions = Annotated[
+    list[InterventionBody],
+    Field(max_length=32, description="Applied together (docs/api.md, Interventions)."),
+]
+
+
 class ConfigRequest(_Body):
     """Body of POST /config."""
 
@@ -96,6 +154,7 @@ class GenerateRequest(_PromptBody):
         None, min_length=1, max_length=1024, description="Layers for `attention`; null: all."
     )
     heads: Literal["all"] | HeadList = Field("all", description="Heads for `attention`.")
+    interventions: Interventions = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> GenerateRequest:
@@ -218,6 +277,7 @@ class InspectRequest(_Body):
         None, min_length=1, max_length=1024, description="Layers to return; null: all."
     )
     attention: AttentionOptions = Field(default_factory=lambda: AttentionOptions.model_validate({}))
+    interventions: Interventions = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_input(self) -> InspectRequest:

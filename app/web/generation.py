@@ -13,7 +13,7 @@ from app.config import Settings
 from app.engine import GenerationJob, SamplingParams
 from app.engine.threads import run_off_hub
 from app.models import ModelProfile, prompts
-from app.web import parsing, remote, requestlog, sse
+from app.web import interventions, parsing, remote, requestlog, sse
 from app.web.answers import GenerateResponse
 from app.web.bodies import GenerateRequest
 from app.web.disconnect import disconnect_probe
@@ -100,5 +100,6 @@ def _run(profile: ModelProfile, body: GenerateRequest, settings: Settings) -> Ru
     watch = None
     if body.attention is not None:
         watch = parsing.head_selection(profile, body.layers, body.heads)
-    job = GenerationJob(ids, params, tuple(body.stop), watch)
+    intervened = interventions.resolve(profile, body.interventions, len(ids))
+    job = GenerationJob(ids, params, tuple(body.stop), watch, intervened)
     return Run(profile.model_id, [Choice(0, Prompt(0, text, ids), job)], requestlog.record())

@@ -70,6 +70,8 @@ def run_of(remote: RemoteModel, body: GenerateRequest, settings: Settings) -> Ru
     """
     if body.attention is not None:
         raise NotAvailableRemotely(f"live attention (`attention`) {_NOT_REMOTE}")
+    if body.interventions:
+        raise NotAvailableRemotely(f"`interventions` {_NOT_REMOTE}", param="interventions")
     loop.check_limit(body.max_new_tokens, settings, "max_new_tokens")
     endpoint, request, text, ids = _request(remote, body)
     fields = body.model_dump(include=set(SamplingParams.__dataclass_fields__))

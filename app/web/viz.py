@@ -13,7 +13,7 @@ from app import analysis, models
 from app.engine.threads import run_off_hub
 from app.errors import BadRequest, PayloadTooLarge
 from app.models import LoadedModel, ModelSpec, prompts
-from app.web import parsing, requestlog
+from app.web import interventions, parsing, requestlog
 from app.web.answers import ArchitectureResponse, FrontendConfigResponse, InspectResponse
 from app.web.bodies import ConfigRequest, InspectRequest
 from app.web.disconnect import disconnect_probe
@@ -79,7 +79,8 @@ def inspect():
     tokens = run_off_hub(prompts.tokenize, lm, given)
     selection = _selection(lm, body)
     _check_size(lm, selection, len(tokens.ids), settings.max_inspect_bytes)
-    task = analysis.inspection_task(tokens.ids, selection)
+    intervened = interventions.resolve(lm.profile, body.interventions, len(tokens.ids))
+    task = analysis.inspection_task(tokens.ids, selection, intervened)
     models.submit(lm, task)
     parts = task.result(disconnect_probe(request.environ))
 

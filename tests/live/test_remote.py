@@ -106,6 +106,11 @@ def test_tokenize_by_the_remote_or_the_local_tokenizer(front, far):
         ("/generate", {**BODY, "details": True, "attention": "last_row"}, "live attention"),
         ("/generate/stream", {**BODY, "details": True, "attention": "last_row"}, "live attention"),
         ("/detokenize", {"token_ids": [1, 2]}, "local `tokenizer`"),
+        (
+            "/generate",
+            {**BODY, "interventions": [{"kind": "ablate_mlp", "layer": 0}]},
+            "`interventions`",
+        ),
         ("/tokenize", {"messages": [{"role": "user", "content": "x"}]}, "local `tokenizer`"),
     ],
 )

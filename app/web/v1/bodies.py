@@ -4,7 +4,8 @@ Every field is either supported or refused with a 400 that names it: a field thi
 server does not know is refused too (as OpenAI's own API does), never ignored.
 `null` means the field's default throughout, as OpenAI clients send it.
 Beyond OpenAI's fields, `top_k`, `repetition_penalty` and `ignore_eos` are accepted
-as vLLM accepts them (the `openai` client sends them with `extra_body`).
+as vLLM accepts them (the `openai` client sends them with `extra_body`), and this server's
+`interventions`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import re
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from app.web.bodies import Interventions
 
 StopText = Annotated[str, Field(min_length=1, max_length=256)]
 # One text or a list of them; validated as a list, so an error names `stop.0`, not a union member.
@@ -64,6 +67,8 @@ class _Sampling(_Body):
     top_k: int | None = Field(None, ge=0, description="Keep the k likeliest; 0: off.")
     repetition_penalty: float | None = Field(None, gt=0, description="Default 1 (none).")
     ignore_eos: bool | None = Field(None, description="Keep going past end-of-sequence.")
+    # This server's extension, as on /generate (docs/api.md, Interventions).
+    interventions: Interventions | None = None
 
     @model_validator(mode="after")
     def _check_common(self) -> _Sampling:

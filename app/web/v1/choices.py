@@ -9,9 +9,11 @@ from typing import Any
 
 from app.config import Settings
 from app.engine import GenerationJob, SamplingParams
+from app.engine.interventions import InterventionSet
 from app.engine.threads import run_off_hub
 from app.errors import BadRequest
 from app.models import ModelProfile, PromptInput, prompts
+from app.web import interventions
 from app.web.serving.run import Choice, Prompt
 from app.web.v1.bodies import logit_bias
 
@@ -35,9 +37,14 @@ def tokenize(profile: ModelProfile, given: str | list[int], index: int) -> Promp
 
 
 def plan(
-    prompt_list: list[Prompt], n: int, params: SamplingParams, stop: tuple[str, ...]
+    prompt_list: list[Prompt],
+    n: int,
+    params: SamplingParams,
+    stop: tuple[str, ...],
+    intervened: dict[int, InterventionSet] | None = None,
 ) -> list[Choice]:
-    """`n` choices per prompt, in OpenAI's order; choice i of a seeded request uses seed + i."""
+    """`n` choices per prompt, in OpenAI's order; choice i of a seeded request uses seed + i.
+    `intervened`: each prompt's interventions, by prompt index."""
     choices: list[Choice] = []
     for prompt in prompt_list:
         for _ in range(n):
@@ -45,7 +52,10 @@ def plan(
             job = None
             if params.max_new_tokens > 0:
                 seed = None if params.seed is None else (params.seed + index) % 2**64
-                job = GenerationJob(prompt.ids, replace(params, seed=seed), stop)
+                changes = (intervened or {}).get(prompt.index)
+                job = GenerationJob(
+                    prompt.ids, replace(params, seed=seed), stop, interventions=changes
+                )
             choices.append(Choice(index, prompt, job))
     return choices
 
@@ -104,3 +114,17 @@ def room(profile: ModelProfile, prompt_tokens: int, settings: Settings) -> int:
             param="messages",
         )
     return room
+
+
+def interventions_of(
+    profile: ModelProfile, body: Any, prompt_list: list[Prompt]
+) -> dict[int, InterventionSet]:
+    """Each prompt's interventions (`interventions`, checked against that prompt)."""
+    if not body.interventions:
+        return {}
+    sets = {}
+    for prompt in prompt_list:
+        found = interventions.resolve(profile, body.interventions, len(prompt.ids))
+        if found is not None:
+            sets[prompt.index] = found
+    return sets

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, request
 
 from app import analysis, models
 from app.config import Settings
+from app.engine.interventions import InterventionSet
 from app.engine.threads import run_off_hub
 from app.errors import APIError, BadRequest
 from app.models import LoadedModel, ModelProfile, ModelSpec, PromptInput, prompts
@@ -62,11 +63,12 @@ def completions():
     for prompt in prompt_list:
         loop.check_context(profile, len(prompt.ids), max_tokens, "max_tokens")
     params = choices.sampling(profile, body, max_tokens, top)
-    planned = choices.plan(prompt_list, body.n or 1, params, body.stops)
+    intervened = choices.interventions_of(profile, body, prompt_list)
+    planned = choices.plan(prompt_list, body.n or 1, params, body.stops, intervened)
     choices.check_queue(planned, settings)
     scores = {}
     if scoring and target.lm is not None:
-        scores = _score(target.lm, prompt_list, top or 0)
+        scores = _score(target.lm, prompt_list, top or 0, intervened)
     meta = Meta(f"cmpl-{uuid.uuid4().hex}", int(time.time()), profile.model_id)
     view = CompletionView(meta, bool(body.echo), top, scores)
     return _answer(target, body, planned, view, settings)
@@ -95,7 +97,9 @@ def chat_completions():
     loop.check_context(profile, len(ids), max_tokens, field)
     top = (body.top_logprobs or 0) if body.logprobs else None
     params = choices.sampling(profile, body, max_tokens, top)
-    planned = choices.plan([Prompt(0, text, ids)], body.n or 1, params, body.stops)
+    prompt = Prompt(0, text, ids)
+    intervened = choices.interventions_of(profile, body, [prompt])
+    planned = choices.plan([prompt], body.n or 1, params, body.stops, intervened)
     choices.check_queue(planned, settings)
     meta = Meta(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), profile.model_id)
     view = ChatView(meta, bool(body.logprobs))
@@ -174,11 +178,17 @@ def _respond(
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS)
 
 
-def _score(lm: LoadedModel, prompt_list: list[Prompt], top: int) -> dict[int, analysis.TokenScores]:
-    """Each prompt's token logprobs (for `echo`), one forward pass per prompt."""
+def _score(
+    lm: LoadedModel,
+    prompt_list: list[Prompt],
+    top: int,
+    intervened: dict[int, InterventionSet],
+) -> dict[int, analysis.TokenScores]:
+    """Each prompt's token logprobs (for `echo`), one forward pass per prompt, by the model
+    as the prompt's interventions change it."""
     scores = {}
     for prompt in prompt_list:
-        task = analysis.scoring_task(prompt.ids, top)
+        task = analysis.scoring_task(prompt.ids, top, intervened.get(prompt.index))
         models.submit(lm, task)
         scores[prompt.index] = task.result(disconnect_probe(request.environ))
     return scores

@@ -71,6 +71,14 @@ def start(run: Run) -> None:
         job.start()
 
 
+def _refuse_interventions(body: _Sampling) -> None:
+    if body.interventions:
+        raise NotAvailableRemotely(
+            "`interventions` need the model itself: not available for a remote model",
+            param="interventions",
+        )
+
+
 def _plan(
     far: RemoteModel,
     endpoint: str,
@@ -81,6 +89,7 @@ def _plan(
     top: int | None,
     settings: Settings,
 ) -> list[Choice]:
+    _refuse_interventions(body)
     given = {"top_k": body.top_k, "repetition_penalty": body.repetition_penalty}
     shared = {
         **request,
