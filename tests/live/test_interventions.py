@@ -167,3 +167,46 @@ def test_v1_takes_interventions_as_an_extension(server, model_root):
         timeout=30,
     )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "interventions.0.head"
+
+
+def test_live_attention_rows_come_from_the_intervened_model(server):
+    """Watching attention (eager passes) with an intervention: the rows are the changed
+    model's, as an /inspect of the same sequence with the same intervention shows them."""
+    intervention = [{"kind": "ablate_head", "layer": 0, "head": 1}]
+    asked = {"model_id": "tiny-gpt2", "prompt": PROMPT, "max_new_tokens": 3, "temperature": 0}
+    got = server.post(
+        "/generate",
+        **asked,
+        details=True,
+        attention="last_row",
+        layers=[1],
+        interventions=intervention,
+    )
+    tokens = got["details"]["tokens"]
+    ids = server.post("/tokenize", model_id="tiny-gpt2", prompt=PROMPT)["token_ids"]
+    sequence = ids + [t["id"] for t in tokens]
+    inspected = server.post(
+        "/inspect",
+        model_id="tiny-gpt2",
+        token_ids=sequence,
+        include=["attention"],
+        layers=[1],
+        attention={"format": "dense"},
+        interventions=intervention,
+    )
+    weights = tensors.decode(inspected["attention"]["weights"]).astype(np.float32)[0]
+    for i, token in enumerate(tokens):
+        row = tensors.decode(token["attention"]).astype(np.float32)[0]  # [heads, keys]
+        position = len(ids) + i - 1
+        np.testing.assert_allclose(row, weights[:, position, : position + 1], atol=2e-3)
+    plain = server.post(
+        "/inspect",
+        model_id="tiny-gpt2",
+        token_ids=sequence,
+        include=["attention"],
+        layers=[1],
+        attention={"format": "dense"},
+    )
+    assert not np.allclose(
+        tensors.decode(plain["attention"]["weights"]).astype(np.float32)[0], weights, atol=1e-3
+    )
