@@ -10,6 +10,7 @@ import { debounce } from "./dom.js";
 import { linkNote } from "./link-note.js";
 import { AttentionPanel } from "./panels/attention.js";
 import { GeneratePanel } from "./panels/generate.js";
+import { IntervenePanel } from "./panels/intervene.js";
 import { LensPanel } from "./panels/lens.js";
 import { ModelPanel } from "./panels/model.js";
 import { NormsPanel } from "./panels/norms.js";
@@ -51,6 +52,10 @@ const output = new GeneratePanel($("#generate-panel"), $(".alternatives"), {
 const attention = new AttentionPanel($("#attention-panel"), {
   onNeedLayer: (layer) => views.fetchAttention(layer),
   onChange: () => saveUrl(),
+});
+const intervene = new IntervenePanel($("#intervene-panel"), {
+  onCompare: compare,
+  currentHead: () => ({ layer: attention.layer, head: attention.head }),
 });
 const views = new SequenceViews({
   client,
@@ -113,6 +118,7 @@ async function selectModel(modelId, picked) {
   prompt.expect(null);
   prompt.clearTokens();
   output.setReady(false);
+  intervene.setReady(false);
   output.clear();
   notice.clear();
   views.clear("Pick a model and type a prompt: attention appears here.");
@@ -140,6 +146,7 @@ async function selectModel(modelId, picked) {
   prompt.expect(expectation(modelId, config));
   attention.setShape(config.n_layers, config.n_heads);
   output.setReady(true);
+  intervene.setReady(true);
   if (!performance.getEntriesByName("viewer:interactive").length) {
     performance.mark("viewer:interactive");
   }
@@ -307,6 +314,39 @@ async function streamGeneration(controller, current) {
   const made = last.tokens;
   if (made.length && !current.remote) {
     views.show(current, [...seen.ids, ...made.map((t) => t.id)], [...seen.labels, ...made.map((t) => t.text)]);
+  }
+}
+
+/**
+ * The prompt generated twice, with the same settings and seed (0 when the form has none):
+ * as the model is, and as the interventions change it; both streams at once.
+ */
+async function compare() {
+  const current = state.model;
+  const tokens = await currentTokens();
+  if (!current || !tokens || current.remote) return;
+  const params = output.params();
+  const settings = { ...params, seed: params.seed ?? 0, max_new_tokens: params.max_new_tokens ?? 32 };
+  const run = {
+    model: current.id,
+    prompt: tokens.text,
+    settings,
+    interventions: intervene.interventions(),
+    original: [],
+    intervened: [],
+  };
+  intervene.begin(run);
+  const body = { ...settings, model_id: current.id, prompt: tokens.text, details: true };
+  const side = async (name, extra) => {
+    for await (const event of client.stream({ ...body, ...extra }, { signal: current.signal })) {
+      if (event.type === "token") intervene.addToken(name, event.token);
+    }
+  };
+  try {
+    await Promise.all([side("original", {}), side("intervened", { interventions: run.interventions })]);
+    intervene.finish();
+  } catch (error) {
+    if (!current.signal.aborted) intervene.finish(error);
   }
 }
 
