@@ -12,7 +12,13 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import requests  # noqa: E402
+
 from tests.support.server import LiveServer, wait_for  # noqa: E402
+from tests.support.sse_client import SSEEvent, stream_events  # noqa: E402
 from tests.support.tiny_models import save_gpt2_small_shape  # noqa: E402
 
 __all__ = [
@@ -24,6 +30,7 @@ __all__ = [
     "prompt_of",
     "median",
     "percentile",
+    "stream_timing",
 ]
 
 DEFAULT_ROOT = REPO / "bench" / "models"
@@ -55,3 +62,21 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
     return ordered[index]
+
+
+def stream_timing(
+    url: str, body: dict, counted: Callable[[SSEEvent], bool]
+) -> tuple[float, float, int]:
+    """A streamed POST of `body` to `url`: (ms to the first event `counted` takes, ms per
+    such event after it, how many there were)."""
+    started, first, count = time.perf_counter(), None, 0
+    with requests.post(url, json=body, stream=True, timeout=600) as response:
+        response.raise_for_status()
+        for event in stream_events(response):
+            if isinstance(event, SSEEvent) and counted(event):
+                count += 1
+                first = first or time.perf_counter()
+    if first is None:
+        raise RuntimeError(f"{url} streamed no event to count")
+    per = (time.perf_counter() - first) * 1000 / max(1, count - 1)
+    return (first - started) * 1000, per, count

@@ -14,27 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-import requests
-
-from bench.common import DEFAULT_ROOT, LiveServer, median
-from tests.support.sse_client import SSEEvent, stream_events
+from bench.common import DEFAULT_ROOT, LiveServer, median, stream_timing
+from tests.support.sse_client import SSEEvent
 
 
 def _stream(live: LiveServer, body: dict) -> tuple[float, float]:
     """(ms to the first token event, ms per token after it)."""
-    started = time.perf_counter()
-    first, count = None, 0
-    with requests.post(live.url("/generate/stream"), json=body, stream=True, timeout=600) as r:
-        r.raise_for_status()
-        for event in stream_events(r):
-            if isinstance(event, SSEEvent) and event.event == "token":
-                count += 1
-                first = first or time.perf_counter()
-    ended = time.perf_counter()
-    assert first is not None and count == body["max_new_tokens"], count
-    return (first - started) * 1000, (ended - first) * 1000 / max(1, count - 1)
+    first, per, count = stream_timing(live.url("/generate/stream"), body, _is_token)
+    assert count == body["max_new_tokens"], count
+    return first, per
+
+
+def _is_token(event: SSEEvent) -> bool:
+    return event.event == "token"
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import time
 
 import requests
 
-from bench.common import LiveServer, median
+from bench.common import LiveServer, median, stream_timing
 from bench.peer_servers import MODEL_SET, SERVERS, running
 from bench.peer_setup import MODELS
 from tests.support.sse_client import SSEEvent, stream_events
@@ -67,15 +67,8 @@ def _running(engine: str, base: str) -> str:
 
 
 def _stream(live: LiveServer, body: dict) -> tuple[float, float]:
-    started, first, count = time.perf_counter(), None, 0
-    with requests.post(live.url("/generate/stream"), json=body, stream=True, timeout=600) as r:
-        r.raise_for_status()
-        for event in stream_events(r):
-            if isinstance(event, SSEEvent) and event.event == "token":
-                count += 1
-                first = first or time.perf_counter()
-    assert first is not None
-    return (first - started) * 1000, (time.perf_counter() - first) * 1000 / max(1, count - 1)
+    first, per, _ = stream_timing(live.url("/generate/stream"), body, lambda e: e.event == "token")
+    return first, per
 
 
 def _left_early(live: LiveServer, model_id: str) -> None:
@@ -134,18 +127,12 @@ def run_engine(engine: str, tokens: int, runs: int) -> dict:
 
 
 def _stream_v1(base: str, name: str, tokens: int) -> tuple[float, float]:
-    """A stream straight from the remote's /v1/completions (logprobs 5)."""
+    """A stream straight from the remote's /v1/completions (logprobs 5): its chunks, about
+    one a token."""
     body = {"model": name, "prompt": "ROMEO:", "max_tokens": tokens, "temperature": 0}
     body.update(stream=True, logprobs=5, ignore_eos=True)
-    started, first, count = time.perf_counter(), None, 0
-    with requests.post(f"{base}/v1/completions", json=body, stream=True, timeout=600) as r:
-        r.raise_for_status()
-        for event in stream_events(r):
-            if isinstance(event, SSEEvent) and event.data != "[DONE]":
-                count += 1
-                first = first or time.perf_counter()
-    assert first is not None
-    return (first - started) * 1000, (time.perf_counter() - first) * 1000 / max(1, count - 1)
+    first, per, _ = stream_timing(f"{base}/v1/completions", body, lambda e: e.data != "[DONE]")
+    return first, per
 
 
 def main() -> None:

@@ -185,28 +185,22 @@ def test_live_attention_rows_come_from_the_intervened_model(server):
     tokens = got["details"]["tokens"]
     ids = server.post("/tokenize", model_id="tiny-gpt2", prompt=PROMPT)["token_ids"]
     sequence = ids + [t["id"] for t in tokens]
-    inspected = server.post(
-        "/inspect",
-        model_id="tiny-gpt2",
-        token_ids=sequence,
-        include=["attention"],
-        layers=[1],
-        attention={"format": "dense"},
-        interventions=intervention,
-    )
-    weights = tensors.decode(inspected["attention"]["weights"]).astype(np.float32)[0]
+
+    def layer_one(**extra) -> np.ndarray:
+        inspected = server.post(
+            "/inspect",
+            model_id="tiny-gpt2",
+            token_ids=sequence,
+            include=["attention"],
+            layers=[1],
+            attention={"format": "dense"},
+            **extra,
+        )
+        return tensors.decode(inspected["attention"]["weights"]).astype(np.float32)[0]
+
+    weights = layer_one(interventions=intervention)
     for i, token in enumerate(tokens):
         row = tensors.decode(token["attention"]).astype(np.float32)[0]  # [heads, keys]
         position = len(ids) + i - 1
         np.testing.assert_allclose(row, weights[:, position, : position + 1], atol=2e-3)
-    plain = server.post(
-        "/inspect",
-        model_id="tiny-gpt2",
-        token_ids=sequence,
-        include=["attention"],
-        layers=[1],
-        attention={"format": "dense"},
-    )
-    assert not np.allclose(
-        tensors.decode(plain["attention"]["weights"]).astype(np.float32)[0], weights, atol=1e-3
-    )
+    assert not np.allclose(layer_one(), weights, atol=1e-3)
