@@ -53,7 +53,7 @@ def local_tokens(remote: RemoteModel, what: str) -> _LocalTokens:
 
     Raises NotAvailableRemotely when LLMVIZ_REMOTE_MODELS gives it none.
     """
-    tokenizer = remote.tokenizer()
+    tokenizer = run_off_hub(remote.tokenizer)  # its first use reads it from disk or the hub
     if tokenizer is None:
         raise NotAvailableRemotely(
             f"{what} needs the tokenizer of remote model {remote.model_id!r}: give it a "
@@ -89,7 +89,7 @@ def _request(
     """The remote endpoint, its request, the prompt's text and its ids (where a local
     tokenizer gives them)."""
     given = parsing.prompt_input(body)
-    local = remote.tokenizer()
+    local = run_off_hub(remote.tokenizer)
     text, ids = "", list[int]()
     if local is not None:
         text, ids = run_off_hub(prompts.encode, _LocalTokens(remote.model_id, local), given)
