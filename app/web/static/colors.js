@@ -1,13 +1,18 @@
 // Colour scales that stay readable with colour-blind vision and in greyscale: viridis for
-// attention weights, cividis for probabilities (two scales, so the two are never confused).
+// attention weights, cividis for probabilities (two scales, so the two are never confused),
+// and ColorBrewer's PuOr for differences (purple: less, white: equal, orange: more).
 
 const VIRIDIS = ["#440154", "#482576", "#414487", "#35608d", "#2a788e", "#21908c",
   "#22a884", "#43bf71", "#7ad151", "#bbdf27", "#fde725"];
 const CIVIDIS = ["#00204d", "#00336f", "#39486b", "#575c6d", "#707173", "#8a8779",
   "#a69d75", "#c4b56c", "#e4cf5b", "#ffea46"];
+const PUOR = ["#2d004b", "#542788", "#8073ac", "#b2abd2", "#d8daeb", "#f7f7f7",
+  "#fee0b6", "#fdb863", "#e08214", "#b35806", "#7f3b08"];
 
 export const viridis = makeScale(VIRIDIS);
 export const cividis = makeScale(CIVIDIS);
+/** Over [0, 1] with 0.5 for no change: a difference d in [-m, m] sits at 0.5 + d / 2m. */
+export const diverging = makeScale(PUOR);
 
 /** A scale over [0, 1]: `lut` holds 256 RGBA entries for drawing pixels in bulk. */
 function makeScale(hexes) {

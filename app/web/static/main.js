@@ -1,4 +1,4 @@
-// The viewer's wiring: the API client, the six panels, and the state they share.
+// The viewer's wiring: the API client, the seven panels, and the state they share.
 //
 // Everything the page asks about a model belongs to that model's "scope": picking another
 // model aborts the scope, so no answer about the old model is drawn over the new one, and
@@ -6,6 +6,7 @@
 
 import { SequenceViews } from "./analysis.js";
 import { LlmvizClient } from "./client.js";
+import { Comparison } from "./comparison.js";
 import { debounce } from "./dom.js";
 import { linkNote } from "./link-note.js";
 import { AttentionPanel } from "./panels/attention.js";
@@ -55,8 +56,10 @@ const attention = new AttentionPanel($("#attention-panel"), {
 });
 const intervene = new IntervenePanel($("#intervene-panel"), {
   onCompare: compare,
+  onLayer: (layer) => comparison.inspect(layer),
   currentHead: () => ({ layer: attention.layer, head: attention.head }),
 });
+const comparison = new Comparison(client, intervene);
 const views = new SequenceViews({
   client,
   attempt,
@@ -119,6 +122,7 @@ async function selectModel(modelId, picked) {
   prompt.clearTokens();
   output.setReady(false);
   intervene.setReady(false);
+  comparison.clear();
   output.clear();
   notice.clear();
   views.clear("Pick a model and type a prompt: attention appears here.");
@@ -317,37 +321,12 @@ async function streamGeneration(controller, current) {
   }
 }
 
-/**
- * The prompt generated twice, with the same settings and seed (0 when the form has none):
- * as the model is, and as the interventions change it; both streams at once.
- */
+/** Panel 7's comparison of the prompt as the model is and as the interventions change it. */
 async function compare() {
   const current = state.model;
   const tokens = await currentTokens();
   if (!current || !tokens || current.remote) return;
-  const params = output.params();
-  const settings = { ...params, seed: params.seed ?? 0, max_new_tokens: params.max_new_tokens ?? 32 };
-  const run = {
-    model: current.id,
-    prompt: tokens.text,
-    settings,
-    interventions: intervene.interventions(),
-    original: [],
-    intervened: [],
-  };
-  intervene.begin(run);
-  const body = { ...settings, model_id: current.id, prompt: tokens.text, details: true };
-  const side = async (name, extra) => {
-    for await (const event of client.stream({ ...body, ...extra }, { signal: current.signal })) {
-      if (event.type === "token") intervene.addToken(name, event.token);
-    }
-  };
-  try {
-    await Promise.all([side("original", {}), side("intervened", { interventions: run.interventions })]);
-    intervene.finish();
-  } catch (error) {
-    if (!current.signal.aborted) intervene.finish(error);
-  }
+  await comparison.run(current, tokens, output.params());
 }
 
 function liveLayers(config, selected) {

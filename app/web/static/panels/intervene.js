@@ -1,9 +1,18 @@
 // Panel 7: interventions (ablate a head or an MLP, steer, patch) and the comparison of the
-// original and the intervened generation, side by side, token by token, with the same seed;
-// a comparison saves as one JSON file and opens again from it, without asking the server.
+// original and the intervened generation, side by side, token by token, with the same seed,
+// and what the interventions change in one layer's attention and logit lens. A comparison
+// saves as one JSON file, or as one page that shows it with no server; both open again here.
 
-import { cividis } from "../colors.js";
-import { h, percent, visible } from "../dom.js";
+import { h } from "../dom.js";
+import { comparisonPage } from "../offline/page.js";
+import {
+  describeIntervention,
+  divergenceNote,
+  drawTokens,
+  InternalsView,
+  readSaved,
+  RUN_FORMAT,
+} from "./compare-view.js";
 
 const KINDS = {
   ablate_head: "Ablate a head",
@@ -11,25 +20,29 @@ const KINDS = {
   steer: "Steer with a contrast",
   patch: "Patch from a source",
 };
-export const RUN_FORMAT = "llmviz-compare/1"; // the saved file's `format`
 
 export class IntervenePanel {
   /**
    * @param root the panel's section
-   * @param {object} hooks `onCompare()` runs a comparison; `currentHead()` is the attention
-   *   panel's {layer, head}, offered as the head to ablate.
+   * @param {object} hooks `onCompare()` runs a comparison; `onLayer(layer)` reads another
+   *   layer's internals for it; `currentHead()` is the attention panel's {layer, head},
+   *   offered as the head to ablate.
    */
-  constructor(root, { onCompare, currentHead }) {
+  constructor(root, { onCompare, onLayer, currentHead }) {
     this.form = root.querySelector(".intervene-form");
     this.list = root.querySelector("[data-testid=interventions]");
     this.compareButton = root.querySelector("[data-testid=compare]");
     this.status = root.querySelector(".compare-status");
     this.table = root.querySelector("[data-testid=compare-view]");
     this.saveButton = root.querySelector("[data-testid=save-run]");
+    this.savePageButton = root.querySelector("[data-testid=save-page]");
     this.openInput = root.querySelector("[data-testid=open-run]");
+    this.internals = new InternalsView(root.querySelector("[data-testid=internals]"), onLayer);
     this.items = [];
     this.ready = false;
-    this.run = null; // the comparison shown: {prompt, settings, interventions, original, intervened}
+    // The comparison shown: {model, prompt, settings, interventions, original, intervened,
+    // internals?}, as it is saved (with `format`).
+    this.run = null;
     this.form.elements.kind.replaceChildren(
       ...Object.entries(KINDS).map(([value, label]) => h("option", { value }, label)),
     );
@@ -47,6 +60,7 @@ export class IntervenePanel {
     });
     this.compareButton.addEventListener("click", () => onCompare());
     this.saveButton.addEventListener("click", () => this.#save());
+    this.savePageButton.addEventListener("click", () => this.#savePage());
     this.openInput.addEventListener("change", () => this.#open());
     this.#showFields();
     this.#showList();
@@ -66,29 +80,47 @@ export class IntervenePanel {
   /** A comparison starts: two empty columns. */
   begin(run) {
     this.run = run;
-    this.saveButton.disabled = true;
+    this.#saveable(false);
     this.status.textContent = "Comparing…";
-    this.#render();
+    this.internals.clear("");
+    drawTokens(this.table, run);
+    this.table.dataset.state = "running";
   }
 
   /** One token of one side ("original" or "intervened"). */
   addToken(side, token) {
     this.run[side].push(token);
-    this.#render();
+    drawTokens(this.table, this.run);
   }
 
   finish(error = null) {
-    this.saveButton.disabled = !this.run;
+    this.#saveable(Boolean(this.run));
     if (error) {
       this.status.textContent = `The comparison failed: ${error.message}`;
       return;
     }
-    const at = firstDifference(this.run.original, this.run.intervened);
-    this.status.textContent =
-      at === null
-        ? "The two generations are the same token for token."
-        : `They first diverge at generated token ${at}.`;
+    this.status.textContent = divergenceNote(this.run);
     this.table.dataset.state = "done";
+  }
+
+  internalsLoading(layer) {
+    this.internals.loading(layer);
+  }
+
+  /** One layer read with and without the interventions (difference.js); saved with the run. */
+  showInternals(internals, layers) {
+    this.run.internals = internals;
+    this.internals.show(internals, layers);
+  }
+
+  internalsFailed(message) {
+    this.internals.clear(message);
+    this.internals.root.dataset.state = "failed";
+  }
+
+  #saveable(yes) {
+    this.saveButton.disabled = !yes;
+    this.savePageButton.disabled = !yes;
   }
 
   #showFields() {
@@ -118,7 +150,7 @@ export class IntervenePanel {
         h(
           "li",
           {},
-          describe(item),
+          describeIntervention(item),
           h("button", { type: "button", "aria-label": "Remove", onclick: () => this.#remove(i) }, "×"),
         ),
       ),
@@ -131,44 +163,30 @@ export class IntervenePanel {
     this.#showList();
   }
 
-  #render() {
-    const { original, intervened } = this.run;
-    const at = firstDifference(original, intervened);
-    const rows = Array.from({ length: Math.max(original.length, intervened.length) }, (_, i) =>
-      h(
-        "tr",
-        { class: at !== null && i === at ? "diverge" : "", dataset: { index: i } },
-        h("td", { class: "n" }, String(i)),
-        cell(original[i]),
-        cell(intervened[i]),
-      ),
-    );
-    this.table.replaceChildren(
-      h("thead", {}, h("tr", {}, h("th", {}, "#"), h("th", {}, "original"), h("th", {}, "intervened"))),
-      h("tbody", {}, ...rows),
-    );
-    this.table.dataset.state = "running";
+  #save() {
+    download(JSON.stringify({ format: RUN_FORMAT, ...this.run }, null, 1), "application/json", "llmviz-compare.json");
   }
 
-  #save() {
-    const blob = new Blob([JSON.stringify({ format: RUN_FORMAT, ...this.run }, null, 1)], {
-      type: "application/json",
-    });
-    const link = h("a", { href: URL.createObjectURL(blob), download: "llmviz-compare.json" });
-    link.click();
-    URL.revokeObjectURL(link.href);
+  async #savePage() {
+    try {
+      const page = await comparisonPage({ format: RUN_FORMAT, ...this.run });
+      download(page, "text/html", "llmviz-compare.html");
+    } catch (error) {
+      this.status.textContent = `Cannot build the page: ${error.message}`;
+    }
   }
 
   async #open() {
     const file = this.openInput.files?.[0];
     if (!file) return;
     try {
-      const run = JSON.parse(await file.text());
-      if (run.format !== RUN_FORMAT) throw new Error(`not a saved comparison (${RUN_FORMAT})`);
+      const run = readSaved(await file.text());
       this.items = run.interventions ?? [];
       this.#showList();
       this.begin(run);
       this.finish();
+      if (run.internals) this.internals.show(run.internals);
+      else this.internals.clear("This comparison was saved without internals.");
       this.status.textContent = `Opened ${file.name}: “${run.prompt}”, ${run.model}. ` + this.status.textContent;
     } catch (error) {
       this.status.textContent = `Cannot open ${file.name}: ${error.message}`;
@@ -176,38 +194,8 @@ export class IntervenePanel {
   }
 }
 
-/** The index of the first generated token where the two runs differ, or null. */
-export function firstDifference(a, b) {
-  for (let i = 0; i < Math.max(a.length, b.length); i++) {
-    if (a[i]?.text !== b[i]?.text || a[i]?.id !== b[i]?.id) return i;
-  }
-  return null;
-}
-
-function cell(token) {
-  if (!token) return h("td", {});
-  const p = Math.exp(token.logprob ?? -Infinity);
-  return h(
-    "td",
-    { title: `${percent(p)} · id ${token.id}` },
-    h(
-      "span",
-      { class: "tok", dataset: { text: token.text }, style: `background:${cividis.css(p)};color:${cividis.ink(p)}` },
-      visible(token.text),
-    ),
-    h("span", { class: "p" }, percent(p)),
-  );
-}
-
-function describe(item) {
-  switch (item.kind) {
-    case "ablate_head":
-      return `ablate head ${item.head} of layer ${item.layer}`;
-    case "ablate_mlp":
-      return `ablate the MLP of layer ${item.layer}`;
-    case "steer":
-      return `steer layer ${item.layer} by “${item.contrast[0]}” − “${item.contrast[1]}” × ${item.scale}`;
-    default:
-      return `patch layer ${item.layer} at ${item.positions.join(", ")} from “${item.source}”`;
-  }
+function download(text, type, name) {
+  const link = h("a", { href: URL.createObjectURL(new Blob([text], { type })), download: name });
+  link.click();
+  URL.revokeObjectURL(link.href);
 }
