@@ -96,9 +96,14 @@ class DecodeBatch:
         self._merge(cache, mask, lengths, watches)
         return Step(out.logits[:, -1].float(), attention)
 
+    @property
+    def model(self) -> CausalLM:
+        return self._model
+
     @torch.inference_mode()
-    def step(self, tokens: Sequence[int]) -> Step:
-        """Feed each row its latest token; return every row's next-token logits."""
+    def step(self, tokens: Sequence[int], lean: bool = True) -> Step:
+        """Feed each row its latest token; return every row's next-token logits. `lean`:
+        whether the lean step may run it (not while hooks change some rows)."""
         device = input_device(self._model)
         ids = torch.tensor([[t] for t in tokens], device=device)
         positions = torch.tensor([[n] for n in self._lengths], device=device)
@@ -109,7 +114,7 @@ class DecodeBatch:
         columns = [_columns(layer) for layer in cache.layers]
         try:
             out: ForwardOutput
-            if self._lean is not None and not watched:
+            if self._lean is not None and lean and not watched:
                 out = self._lean(ids, positions, cache, mask if padded else None)
             else:
                 out = self._forward(ids, cache, mask if padded else None, positions, watched)

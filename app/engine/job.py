@@ -38,7 +38,7 @@ class GenerationJob:
         self.prompt_ids = prompt_ids
         self.params = params
         self.watch = watch
-        self.interventions = interventions  # run in a group of its own (see ModelWorker)
+        self.interventions = interventions  # hooks masked to its rows (see RunningGroup)
         self.cancelled = False  # set by the handler, read by the worker (atomic under the GIL)
         self.cancel_reason = "cancelled"
         self.generated = 0  # live count, read by the worker's stats

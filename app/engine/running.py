@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,7 +18,7 @@ import torch
 
 from app.engine.batch import DecodeBatch, SoloSequence, Step
 from app.engine.contract import CausalLM
-from app.engine.interventions import InterventionSet
+from app.engine.interventions import Starts, for_rows
 from app.engine.isolation import Failed, choose, fail, hand, isolated
 from app.engine.job import GenerationJob
 from app.engine.kvcache import full_attention
@@ -52,8 +52,11 @@ class RunningGroup:
 
     Jobs that join rows already decoding `wait`, then are prefilled into a SoloSequence
     each, PrefillPace's budget of prompt work a round. Where the model allows (SDPA, full
-    attention) and no attention is watched, a round is one mixed pass (app/engine/mixed.py);
-    otherwise the chunks' own passes, then the rows' step. `plan_round` decides which;
+    attention) and no member watches attention or has interventions, a round is one mixed
+    pass (app/engine/mixed.py); otherwise the chunks' own passes, then the rows' step.
+    Each pass has the hooks of its rows' interventions, masked to those rows
+    (app/engine/interventions.py), and a step with any takes transformers' forward, not the
+    lean step (which calls a block's parts past their hooks). `plan_round` decides which;
     `add` and `advance` return the jobs that ended (finished, cancelled or failed); they
     have already left, and the caller retires them.
     """
@@ -64,13 +67,9 @@ class RunningGroup:
         counters: PassCounters,
         prefill_chunk: int = 128,
         lean: LeanStep | None = None,
-        interventions: InterventionSet | None = None,
     ) -> None:
-        """`lean`: the model's lean decoding step, where it has one (app/engine/lean.py).
-        `interventions`: hooks around every pass of this group, whose jobs asked for them
-        (such a group takes no lean steps, which bypass the modules hooked)."""
+        """`lean`: the model's lean decoding step, where it has one (app/engine/lean.py)."""
         self._model = model
-        self.interventions = interventions
         self._counters = counters
         self.pace = PrefillPace(prefill_chunk, keys_per_token(model))
         self._lean = lean
@@ -86,14 +85,8 @@ class RunningGroup:
         return len(self.jobs)
 
     def takes(self, job: GenerationJob) -> bool:
-        """Whether `job` can join this group's rows (see DecodeBatch.mergeable): a plain job
-        a plain group; an intervened one a group of the same shareable interventions."""
-        if not self.batch.mergeable:
-            return False
-        mine, theirs = self.interventions, job.interventions
-        if mine is None or theirs is None:
-            return mine is theirs
-        return mine.shareable and theirs.shareable and mine.items == theirs.items
+        """Whether `job` can join this group's rows (see DecodeBatch.mergeable)."""
+        return self.batch.mergeable
 
     @property
     def members(self) -> list[GenerationJob]:
@@ -107,19 +100,16 @@ class RunningGroup:
 
     def add(self, jobs: Sequence[GenerationJob]) -> list[GenerationJob]:
         """Prefill `jobs` together and make them rows; a failed prefill is retried per job."""
-        with self._hooked():
-            return self._add(jobs)
-
-    def _hooked(self) -> AbstractContextManager[None]:
-        if self.interventions is None:
-            return nullcontext()
-        return self.interventions.applied(self._model)
-
-    def _add(self, jobs: Sequence[GenerationJob]) -> list[GenerationJob]:
         prompts, watches = [j.prompt_ids for j in jobs], [j.watch for j in jobs]
+        width = max(map(len, prompts))
+
+        def prefill() -> Step:  # left-padded: row r's column 0 is its position len - width
+            with self._changed(jobs, [len(p) - width for p in prompts]):
+                return self.batch.prefill(prompts, watches)
+
         # The prefill never touches the running rows' cache: nothing to roll back.
         alone = partial(self._prefill_each, jobs) if len(jobs) > 1 else None
-        step = isolated(self._round, jobs, partial(self.batch.prefill, prompts, watches), alone)
+        step = isolated(self._round, jobs, prefill, alone)
         if isinstance(step, Failed):
             return step.ended
         self._round.work += self.pace.padded_work(list(map(len, prompts)))
@@ -130,18 +120,20 @@ class RunningGroup:
 
     def _prefill_each(self, jobs: Sequence[GenerationJob], exc: Exception) -> list[GenerationJob]:
         log.warning("a prefill of %d prompts failed (%s); prefilling each alone", len(jobs), exc)
-        return [ended for job in jobs for ended in self._add([job])]
+        return [ended for job in jobs for ended in self.add([job])]
 
     def wait(self, jobs: Sequence[GenerationJob]) -> None:
         """Queue jobs to join the running rows (see `advance`)."""
         self.waiting += jobs
 
+    def _changed(
+        self, jobs: Sequence[GenerationJob], starts: Starts
+    ) -> AbstractContextManager[None]:
+        """The hooks of one pass whose row r is `jobs[r]` (see interventions.for_rows)."""
+        return for_rows(self._model, [job.interventions for job in jobs], starts)
+
     def advance(self) -> list[GenerationJob]:
         """One round: some of the joining prompts, and one token for every decoding job."""
-        with self._hooked():
-            return self._advance()
-
-    def _advance(self) -> list[GenerationJob]:
         started = time.perf_counter()
         ended = self._drop_cancelled()
         waited = bool(self.jobs or self._decoding())  # streams that wait for this round
@@ -161,7 +153,9 @@ class RunningGroup:
         return ended
 
     def _mixing(self) -> bool:
-        return self._can_mix and all(job.watch is None for job in self.members)
+        return self._can_mix and all(
+            job.watch is None and job.interventions is None for job in self.members
+        )
 
     def _plan(self, mixed: bool) -> RoundPlan:
         solos = [SoloState(solo.done, solo.remaining, solo.passes_left) for _, solo in self.solos]
@@ -185,6 +179,11 @@ class RunningGroup:
             solos.append((job, SoloSequence(self._model, job.prompt_ids, job.watch)))
             self.solos.append(solos[-1])
         return solos[chunk.solo]
+
+    def _chunk(self, job: GenerationJob, solo: SoloSequence, tokens: int) -> Step | None:
+        """The next `tokens` of a solo's prompt, in a pass of its own."""
+        with self._changed([job], [solo.done]):
+            return solo.advance(tokens)
 
     def _join(self, solos: list[Solo], indices: Sequence[int]) -> None:
         """These solos become rows (those still here: a failed or ended one has left)."""
@@ -264,7 +263,7 @@ class RunningGroup:
                 continue  # an earlier chunk of it failed this round
             self._round.work += item.work
             # Its own cache: the running rows are untouched whatever happens.
-            step = isolated(self._round, [job], partial(solo.advance, item.tokens))
+            step = isolated(self._round, [job], partial(self._chunk, job, solo, item.tokens))
             if isinstance(step, Failed):
                 self.solos.remove((job, solo))
                 ended += step.ended
@@ -285,7 +284,7 @@ class RunningGroup:
         started = time.perf_counter()
 
         def step_rows() -> Step:  # the batch rolls itself back to before the step if it raises
-            return self.batch.step([_newest(job) for job in self.jobs])
+            return _step_rows(self.batch, self.jobs)
 
         step = isolated(self._round, self.jobs, step_rows, self._step_rows_alone)
         if isinstance(step, Failed):
@@ -305,7 +304,7 @@ class RunningGroup:
         self.batch, self.jobs = DecodeBatch(self._model, self._lean), []
         ended = []
         for job, single in zip(jobs, singles, strict=True):
-            step = isolated(self._round, [job], partial(_step_alone, single, job))
+            step = isolated(self._round, [job], partial(_step_rows, single, [job]))
             if isinstance(step, Failed):
                 ended += step.ended
                 continue
@@ -368,9 +367,11 @@ def _at(solos: list[Solo], indices: Sequence[int]) -> list[Solo]:
     return [solos[i] for i in indices]
 
 
-def _step_alone(single: DecodeBatch, job: GenerationJob) -> Step:
-    """One row's step in a batch of its own."""
-    return single.step([_newest(job)])
+def _step_rows(batch: DecodeBatch, jobs: list[GenerationJob]) -> Step:
+    """The step of `batch`, whose row r is `jobs[r]`, with the rows' interventions."""
+    plain = all(job.interventions is None for job in jobs)
+    with for_rows(batch.model, [job.interventions for job in jobs], None):
+        return batch.step([_newest(job) for job in jobs], lean=plain)
 
 
 def _newest(job: GenerationJob) -> int:

@@ -265,34 +265,29 @@ class ModelWorker:
                 job.end_cancelled()
                 self._retire(job)
         jobs = [job for job in jobs if job in self._running and not job.cancelled]
-        # Jobs that can share passes join one group together: the plain ones, and those
-        # of the same shareable interventions (app/engine/interventions.py).
-        joining: dict[object, tuple[RunningGroup, list[GenerationJob]]] = {}
+        # Jobs join the first group whose rows can take them (plain or intervened alike:
+        # interventions are masked to their rows), else a new one.
+        joining: dict[int, tuple[RunningGroup, list[GenerationJob]]] = {}
         for job in jobs:
-            changes = job.interventions
-            key = "plain" if changes is None else changes.items if changes.shareable else id(job)
-            if key not in joining:
-                group = next((g for g in self._groups if g.takes(job)), None)
-                joining[key] = (group or self._group(job), [])
-            joining[key][1].append(job)
+            group = next((g for g in self._groups if g.takes(job)), None)
+            if group is None:  # (not `or`: a group with no rows yet has len 0)
+                group = self._group()
+            joining.setdefault(id(group), (group, []))[1].append(job)
         for group, members in joining.values():
             if group.busy:
                 group.wait(members)
                 continue
             try:
                 ended = group.add(members)
-            except Exception as exc:  # e.g. an intervention's hooks fit no module here
+            except Exception as exc:  # a bug of ours: end these requests, keep serving
                 ended = [job for job in members if not job.ended]
                 for job in ended:
                     fail(job, exc)
             self._retire_all(group, ended)
 
-    def _group(self, job: GenerationJob) -> RunningGroup:
-        """A new group for `job`. A job with interventions gets one whose hooks run around
-        its passes only (with others of the same interventions, if they can share), so the
-        rows of every other request never see them; it takes no lean steps."""
-        lean = self._lean if job.interventions is None else None
-        group = RunningGroup(self._model, self.passes, self._prefill_chunk, lean, job.interventions)
+    def _group(self) -> RunningGroup:
+        """A new group, for jobs that no group's rows can take."""
+        group = RunningGroup(self._model, self.passes, self._prefill_chunk, self._lean)
         self._groups.append(group)
         return group
 

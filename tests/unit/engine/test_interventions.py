@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.engine import GenerationJob, ModelWorker, SamplingParams, TokenEvent
+from app.engine import GenerationJob, ModelTask, ModelWorker, SamplingParams, TokenEvent
 from app.engine.interventions import Intervention, InterventionSet, decoder_blocks
 from tests.support.tiny_models import MODEL_IDS
 
@@ -235,55 +235,100 @@ def test_generation_with_interventions_equals_the_references(worker_of, model_ro
     assert got != _engine_generation(worker, PROMPT, 8)
 
 
+def _job(prompt, tokens, items=None, seed=None) -> GenerationJob:
+    params = SamplingParams(
+        max_new_tokens=tokens,
+        temperature=0 if seed is None else 0.9,
+        seed=seed,
+        ignore_eos=True,
+        logprobs=True,
+    )
+    return GenerationJob(
+        prompt, params, interventions=None if items is None else InterventionSet(items)
+    )
+
+
+def _results(job: GenerationJob) -> list[tuple[int, float]]:
+    return [(e.token_id, e.logprob) for e in job.events(30.0) if isinstance(e, TokenEvent)]
+
+
+def _burst(worker, jobs: list[GenerationJob]) -> list[list[tuple[int, float]]]:
+    """Submit `jobs` while the worker is held, so that they start together: one prefill
+    pass, then rows of the same steps."""
+    gate = threading.Event()
+    blocker = ModelTask(lambda model, tokenizer: gate.wait(10))
+    worker.submit(blocker)
+    for job in jobs:
+        worker.submit(job)
+    gate.set()
+    blocker.result()
+    return [_results(job) for job in jobs]
+
+
+def _close(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> None:
+    """The same tokens; logprobs within the batching noise (docs/architecture.md)."""
+    assert [t for t, _ in a] == [t for t, _ in b]
+    torch.testing.assert_close(
+        torch.tensor([lp for _, lp in a]), torch.tensor([lp for _, lp in b]), atol=1e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize("model_id", MODEL_IDS)
 @pytest.mark.parametrize("seed", [None, 11])
-def test_a_plain_request_beside_intervened_ones_is_what_it_is_alone(worker_of, seed):
-    """Bit for bit: the intervened request runs in a group of its own, with its hooks only
-    around that group's passes."""
-    model, worker = worker_of("tiny-gpt2")
-    alone = _engine_generation(worker, PROMPT, 12, seed=seed)
-    results: dict[str, list] = {}
-    items = [Intervention("ablate_mlp", 0), Intervention("ablate_head", 1, head=0)]
-    runs = {
-        "plain": lambda: _engine_generation(worker, PROMPT, 12, seed=seed),
-        "intervened": lambda: _engine_generation(worker, PROMPT, 12, items, seed=seed),
-    }
-    threads = [
-        threading.Thread(target=lambda k=k, f=f: results.__setitem__(k, f()))
-        for k, f in runs.items()
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert results["plain"] == alone
-    assert results["intervened"] != alone and len(results["intervened"]) == 12
-
-
-@pytest.mark.parametrize(
-    ("items", "prefills"),
-    [
-        ([Intervention("ablate_mlp", 0), Intervention("steer", 1, vector=(0.5,) * 64)], 1),
-        ([Intervention("patch", 1, source=tuple(SOURCE), positions=(1,))], 2),
-    ],
-)
-def test_requests_with_the_same_interventions_share_passes_unless_they_patch(
-    worker_of, items, prefills
+def test_intervened_rows_share_passes_with_plain_ones_and_change_only_themselves(
+    worker_of, model_id, seed
 ):
-    """Every row of a shared pass gets the same change; a patch names positions, which rows
-    of other lengths hold elsewhere, so its requests keep passes of their own."""
-    model, worker = worker_of("tiny-gpt2")
-    assert model.config.hidden_size == 64
+    """A plain row computes bit for bit what it computes beside the same rows without
+    interventions: the hooks change only their own rows. The intervened rows (one of
+    them left-padded and patched) equal their runs alone; all share one prefill."""
+    model, worker = worker_of(model_id)
+    width = model.config.hidden_size
+    steer = [Intervention("ablate_mlp", 0), Intervention("steer", 1, vector=(0.5,) * width)]
+    patch = [Intervention("patch", 1, source=tuple(SOURCE), positions=(1, 3))]
+    prompts = [PROMPT, PROMPT[:5], SOURCE[::-1]]  # the patched row is the shorter, padded one
     before = worker.passes.prefills
-    jobs = [
-        GenerationJob(
-            ids,
-            SamplingParams(max_new_tokens=3, temperature=0),
-            interventions=InterventionSet(items),
-        )
-        for ids in (PROMPT, PROMPT[:5])
-    ]
-    for job in jobs:
-        worker.submit(job)  # within the worker's gathering window: one burst
-    for job in jobs:
-        assert sum(isinstance(e, TokenEvent) for e in job.events(30.0)) == 3
-    assert worker.passes.prefills - before == prefills
+    beside = _burst(
+        worker,
+        [_job(p, 10, items, seed) for p, items in zip(prompts, [None, patch, steer], strict=True)],
+    )
+    assert worker.passes.prefills - before == 1  # one pass for the three prompts
+    plain = _burst(worker, [_job(p, 10, None, seed) for p in prompts])
+    assert beside[0] == plain[0]  # bit for bit
+    assert beside[1] != plain[1] and beside[2] != plain[2]
+    for prompt, items, got in zip(prompts, [None, patch, steer], beside, strict=True):
+        _close(got, _engine_generation(worker, prompt, 10, items, seed=seed))
+
+
+def test_a_patched_prompt_prefilled_in_chunks_beside_running_rows_is_patched_where_asked(
+    model_root,
+):
+    """Joining running rows, a prompt goes in chunks (of 4 here): its patch positions, 1 and
+    37, fall in two chunks, each written at its own column."""
+    model = _load(model_root, "tiny-gpt2")
+    tokenizer = AutoTokenizer.from_pretrained(model_root / "tiny-gpt2")
+    worker = ModelWorker(model, tokenizer, frozenset(), 8, 16, prefill_chunk=4)
+    prompt, source = [(7 * i) % 50 + 3 for i in range(42)], [(5 * i) % 40 + 2 for i in range(42)]
+    widths: list[int] = []  # tokens of each pass
+    decoder_blocks(model)[0].register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(
+            (args[0] if args else kwargs["hidden_states"]).shape[1]
+        ),
+        with_kwargs=True,
+    )
+    try:
+        patch = [Intervention("patch", 1, source=tuple(source), positions=(1, 37))]
+        alone = _engine_generation(worker, prompt, 6, patch)
+        assert widths[0] == len(prompt)  # alone: the whole prompt in one pass
+        running = _job(SOURCE, 400)
+        worker.submit(running)
+        next(e for e in running.events(30.0) if isinstance(e, TokenEvent))  # it is decoding
+        widths.clear()
+        joined = _engine_generation(worker, prompt, 6, patch)
+        running.cancel("done")
+        source_pass, *chunks = [w for w in widths if w > 1]  # the patch's source read first
+        assert source_pass == len(source) and sum(chunks) == len(prompt) and chunks[0] <= 37
+        _close(joined, alone)
+        assert joined != _engine_generation(worker, prompt, 6)  # the patch did something
+    finally:
+        worker.close(cancel=True)
+        worker.join(30)
