@@ -24,6 +24,19 @@ class _Body(BaseModel):
         None, min_length=1, max_length=256, description="Model folder or Hugging Face id."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_alias(cls, data: object) -> object:
+        """`model` (OpenAI's name, which clients send out of habit) means `model_id`: as an
+        ignored unknown field it would silently get the default model's answer instead."""
+        if not isinstance(data, dict) or "model" not in data:
+            return data
+        if "model_id" not in data:
+            return {**{k: v for k, v in data.items() if k != "model"}, "model_id": data["model"]}
+        if data["model_id"] != data["model"]:
+            raise ValueError("`model` and `model_id` name different models: give `model_id`")
+        return data
+
 
 Layer = Annotated[int, Field(ge=0, description="A decoder layer, from 0.")]
 

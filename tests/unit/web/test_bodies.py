@@ -126,3 +126,24 @@ def test_bad_inspect_requests_are_400(client, extra):
     body = {"model_id": "tiny-llama", "prompt": "x", "include": ["attention"], **extra}
     response = client.post("/inspect", json=body)
     assert response.status_code == 400, response.get_json()
+
+
+@pytest.mark.parametrize("path", ["/tokenize", "/generate", "/inspect"])
+def test_model_names_the_model_as_model_id_does(client, path):
+    """OpenAI's `model`, sent to a native endpoint, is not ignored: it picks the model."""
+    body = {"prompt": "Hello there", "max_new_tokens": 2, "temperature": 0}
+    by_id = client.post(path, json={**body, "model_id": "tiny-llama"}).get_json()
+    by_model = client.post(path, json={**body, "model": "tiny-llama"}).get_json()
+    default = client.post(path, json=body).get_json()
+    assert by_model == by_id
+    assert by_model != default  # tiny-gpt2's answer, which `model` used to get silently
+    same = client.post(path, json={**body, "model": "tiny-llama", "model_id": "tiny-llama"})
+    assert same.status_code == 200 and same.get_json() == by_id
+
+
+def test_model_and_model_id_naming_two_models_is_a_400(client):
+    answer = client.post(
+        "/generate", json={"prompt": "Hi", "model": "tiny-llama", "model_id": "tiny-gpt2"}
+    )
+    assert answer.status_code == 400
+    assert "`model` and `model_id` name different models" in answer.get_json()["error"]
