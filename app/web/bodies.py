@@ -67,7 +67,10 @@ class Steer(_Intervention):
 
     kind: Literal["steer"]
     layer: Layer
-    vector: list[float] | None = Field(None, max_length=65536, description="[d_model] floats.")
+    # Bounded like `scale`: a product past float32's range (3.4e38) would be inf, then NaN.
+    vector: list[Annotated[float, Field(ge=-1e4, le=1e4)]] | None = Field(
+        None, max_length=65536, description="[d_model] floats."
+    )
     contrast: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
         None, min_length=2, max_length=2, description="Two texts, instead of `vector`."
     )
@@ -90,6 +93,7 @@ class Patch(_Intervention):
 
 
 InterventionBody = Annotated[AblateHead | AblateMlp | Steer | Patch, Field(discriminator="kind")]
+_INTERVENTION_KINDS = {"ablate_head", "ablate_mlp", "steer", "patch"}
 Interventions = Annotated[
     list[InterventionBody],
     Field(max_length=32, description="Applied together (docs/api.md, Interventions)."),
@@ -228,11 +232,18 @@ def _first_field(exc: ValidationError) -> str | None:
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
-    """A field's path (`stop.1`), without the union members pydantic names (`list[str]`).
-
-    Field names are identifiers; the members' tags hold brackets or dashes.
-    """
-    return ".".join(str(p) for p in loc if isinstance(p, int) or not set("[-") & set(p))
+    """A field's path (`stop.1`), without the union members pydantic names: `list[str]`
+    (their names hold brackets or dashes; field names are identifiers), and an
+    intervention's `kind` (`interventions.0.steer.scale` is `interventions.0.scale`, as
+    the checks against the model name their fields)."""
+    kept = []
+    for i, p in enumerate(loc):
+        if isinstance(p, str) and set("[-") & set(p):
+            continue
+        if p in _INTERVENTION_KINDS and i and isinstance(loc[i - 1], int):
+            continue
+        kept.append(str(p))
+    return ".".join(kept)
 
 
 MAX_PROBLEMS = 10  # listed in one 400: a body can hold a problem per list item

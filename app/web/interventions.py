@@ -1,8 +1,9 @@
 """A request's `interventions`, checked against its model and made ready for the engine.
 
 Every check happens here, before any work starts: a layer or head the model does not have,
-a steering vector of the wrong width, a patch position past the prompt or the source, each
-a 400 naming the field (`interventions.1.head`). Contrast texts and patch sources are
+a steering vector of the wrong width, a contrast text or patch source longer than the
+model's context, a patch position past the prompt or the source, each a 400 naming the
+field (`interventions.1.head`). Contrast texts and patch sources are
 tokenized here as a prompt is; the engine computes their residual streams on the model's
 thread (app/engine/interventions.py).
 """
@@ -77,9 +78,11 @@ def _one(
 
 
 def _ids(profile: ModelProfile, text: str, field: str) -> tuple[int, ...]:
-    """A text's token ids, as a prompt's are (the tokenizer's special tokens included)."""
+    """A text's token ids, as a prompt's are (the tokenizer's special tokens included);
+    it must fit the model's context, as a prompt must (the engine reads it in one pass)."""
     try:
         _, ids = run_off_hub(prompts.encode, profile, PromptInput(prompt=text))
+        profile.check_context(len(ids))
     except BadRequest as exc:
         raise BadRequest(f"{field}: {exc.message}", param=field) from None
     return tuple(ids)

@@ -117,20 +117,25 @@ def test_a_plain_stream_beside_intervened_ones_shares_their_passes_and_keeps_its
     [
         ({"kind": "ablate_head", "layer": 2, "head": 0}, "interventions.0.layer"),
         ({"kind": "ablate_head", "layer": 0, "head": 99}, "interventions.0.head"),
-        ({"kind": "ablate_mlp", "layer": -1}, "interventions.0.ablate_mlp.layer"),
+        ({"kind": "ablate_mlp", "layer": -1}, "interventions.0.layer"),
         ({"kind": "steer", "layer": 0, "vector": [0.5] * 3}, "interventions.0.vector"),
         ({"kind": "steer", "layer": 0}, "exactly one of `vector` and `contrast`"),
-        ({"kind": "steer", "layer": 0, "contrast": ["only one"]}, "interventions.0.steer.contrast"),
+        ({"kind": "steer", "layer": 0, "contrast": ["only one"]}, "interventions.0.contrast"),
         (
             {"kind": "patch", "layer": 0, "source": "Hi", "positions": [1000]},
             "interventions.0.positions.0",
         ),
         (
             {"kind": "patch", "layer": 0, "source": "", "positions": [0]},
-            "interventions.0.patch.source",
+            "interventions.0.source",
+        ),
+        ({"kind": "steer", "layer": 0, "vector": [1e30] + [0.0] * 63}, "interventions.0.vector.0"),
+        (
+            {"kind": "steer", "layer": 0, "vector": [0.5] * 64, "scale": 1e5},
+            "interventions.0.scale",
         ),
         ({"kind": "rotate", "layer": 0}, "interventions.0"),
-        ({"kind": "ablate_mlp", "layer": 0, "extra": 1}, "interventions.0.ablate_mlp.extra"),
+        ({"kind": "ablate_mlp", "layer": 0, "extra": 1}, "interventions.0.extra"),
     ],
 )
 @pytest.mark.parametrize("path", ["/generate", "/generate/stream", "/inspect"])
@@ -142,6 +147,32 @@ def test_a_bad_intervention_is_a_400_naming_the_field(server, intervention, fiel
     assert field in response.json()["error"]
     after = server.stats("tiny-gpt2", default={"generated_tokens": 0})["generated_tokens"]
     assert after == before  # refused before any work
+
+
+@pytest.mark.parametrize(
+    ("intervention", "field"),
+    [
+        ({"kind": "steer", "layer": 0, "contrast": ["ABCABCABCABCA", "C"]}, "contrast.0"),
+        ({"kind": "steer", "layer": 0, "contrast": ["C", "ABCABCABCABCA"]}, "contrast.1"),
+        ({"kind": "patch", "layer": 0, "source": "A" * 22, "positions": [5]}, "source"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/generate", "/generate/stream", "/inspect", "/v1/completions"])
+def test_a_text_longer_than_the_context_is_a_400_naming_it(server, intervention, field, path):
+    """nano-sort reads 12 tokens: a contrast text or patch source past that is refused as a
+    prompt past it is, not run into the position table (an IndexError, a 500)."""
+    body: dict = {"prompt": "CBABBC", "interventions": [intervention]}
+    if path.startswith("/v1"):
+        body.update(model="llmviz/nano-sort", max_tokens=4)
+    else:
+        body.update(model_id="llmviz/nano-sort", max_new_tokens=4)
+    if path == "/inspect":
+        del body["max_new_tokens"]
+    response = requests.post(server.url(path), json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    message = error["message"] if isinstance(error, dict) else error
+    assert message.startswith(f"interventions.0.{field}: ") and "context" in message
 
 
 def test_v1_takes_interventions_as_an_extension(server, model_root):

@@ -7,11 +7,12 @@ the same token and log-probabilities alone or among any others.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
-from app.engine.sampling.draw import draw
+from app.engine.sampling.draw import NOT_FINITE, draw
 from app.engine.sampling.params import Choice
 from app.engine.sampling.rowparams import Repetition, RowParameters
 from app.engine.sampling.state import Sampler
@@ -134,8 +135,13 @@ def _draw(
     tokens: list[int | Exception] = [0] * len(samplers)
     if params.greedy:
         greedy = scores if len(params.greedy) == len(samplers) else scores[params.greedy]
-        for i, token in zip(params.greedy, greedy.argmax(dim=-1).tolist(), strict=True):
-            tokens[i] = token
+        best = greedy.argmax(dim=-1)  # NaN, where a row has one, counts as the largest
+        top = greedy.gather(-1, best[:, None])[:, 0].tolist()
+        for i, token, score in zip(params.greedy, best.tolist(), top, strict=True):
+            # As `draw` refuses a sampled row: a NaN score (a broken model, or numbers that
+            # overflowed) makes no token, rather than its id as if it were chosen. (±inf is
+            # an extreme score like any other, as the clamping above treats it.)
+            tokens[i] = RuntimeError(NOT_FINITE) if math.isnan(score) else token
     if not params.sampled:
         return tokens
     if params.truncation is not None:

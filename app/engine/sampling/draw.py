@@ -7,6 +7,10 @@ from collections.abc import Sequence
 
 import torch
 
+# A row whose scores hold NaN or inf (a broken model, or numbers that overflowed) gets this
+# error instead of a token.
+NOT_FINITE = "the probabilities are not a distribution (NaN or inf)"
+
 
 def draw(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> list[int | Exception]:
     """One token per row of `probs` [rows, vocab], row i drawn with `generators[i]`.
@@ -33,7 +37,7 @@ def draw(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> list[int
     rows = zip(found[:, 0].tolist(), chosen, totals.tolist(), strict=True)
     for row, (token, probability, total) in enumerate(rows):
         if not 0 < total < math.inf:
-            tokens.append(RuntimeError("the probabilities are not a distribution (NaN or inf)"))
+            tokens.append(RuntimeError(NOT_FINITE))
         elif probability <= 0:
             tokens.append(int(probs[row].nonzero()[-1]))  # the last possible token
         else:

@@ -20,8 +20,8 @@ export class Comparison {
 
   /**
    * Compare on `model` ({id, config, signal}) the prompt `tokens` (a /tokenize answer with
-   * `text` and `seen`), with generation `params`; then inspect `layer` (default: the lowest
-   * layer an intervention touches, where its effect on attention begins).
+   * `text` and `seen`), with generation `params`; then inspect the first layer whose
+   * attention the interventions change (`firstChangedLayer`).
    */
   async run(model, tokens, params) {
     this.#abort();
@@ -39,13 +39,15 @@ export class Comparison {
     };
     const side = async (name, extra) => {
       for await (const event of this.client.stream({ ...body, ...extra }, { signal })) {
-        if (event.type === "token") this.panel.addToken(name, event.token);
+        if (event.type === "token" && !signal.aborted) this.panel.addToken(name, event.token);
       }
     };
     try {
       await Promise.all([side("original", {}), side("intervened", { interventions })]);
     } catch (error) {
-      if (!signal.aborted) this.panel.finish(error);
+      if (signal.aborted) return; // stopped by whoever aborted it, who says why
+      this.controller.abort(); // one side failed: the other stops too
+      this.panel.finish(error);
       return;
     }
     this.panel.finish();
@@ -56,7 +58,7 @@ export class Comparison {
       labels: [...tokens.seen.labels, ...run.original.map((t) => t.text)],
       interventions,
     };
-    await this.inspect(Math.min(...interventions.map((item) => item.layer)), signal);
+    await this.inspect(firstChangedLayer(interventions, model.config.n_layers), signal);
   }
 
   /** Read `layer` of the last comparison's sequence with and without its interventions. */
@@ -83,10 +85,11 @@ export class Comparison {
     }
   }
 
-  /** The page moved to another model: nothing of the old comparison goes on. */
-  clear() {
+  /** Nothing of the comparison under way goes on (another model, or a file opened). */
+  clear(reason) {
     this.#abort();
     this.sequence = null;
+    this.panel.stopped(reason);
   }
 
   #abort() {
@@ -97,4 +100,14 @@ export class Comparison {
   #signal(model) {
     return AbortSignal.any([model.signal, this.controller.signal]);
   }
+}
+
+/**
+ * The first layer whose attention weights `interventions` change: a steer or a patch at L
+ * changes the stream entering L, so L's attention; an ablation at L changes L's output, so
+ * attention from L + 1 on (the last layer's, if there is no later one).
+ */
+export function firstChangedLayer(interventions, layers) {
+  const first = (item) => (item.kind === "steer" || item.kind === "patch" ? item.layer : item.layer + 1);
+  return Math.min(layers - 1, ...interventions.map(first));
 }

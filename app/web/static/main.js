@@ -57,6 +57,7 @@ const attention = new AttentionPanel($("#attention-panel"), {
 const intervene = new IntervenePanel($("#intervene-panel"), {
   onCompare: compare,
   onLayer: (layer) => comparison.inspect(layer),
+  onOpen: () => comparison.clear("a saved comparison was opened"),
   currentHead: () => ({ layer: attention.layer, head: attention.head }),
 });
 const comparison = new Comparison(client, intervene);
@@ -122,7 +123,7 @@ async function selectModel(modelId, picked) {
   prompt.clearTokens();
   output.setReady(false);
   intervene.setReady(false);
-  comparison.clear();
+  comparison.clear("another model was picked");
   output.clear();
   notice.clear();
   views.clear("Pick a model and type a prompt: attention appears here.");
@@ -150,7 +151,7 @@ async function selectModel(modelId, picked) {
   prompt.expect(expectation(modelId, config));
   attention.setShape(config.n_layers, config.n_heads);
   output.setReady(true);
-  intervene.setReady(true);
+  intervene.setModel(modelId, config);
   if (!performance.getEntriesByName("viewer:interactive").length) {
     performance.mark("viewer:interactive");
   }

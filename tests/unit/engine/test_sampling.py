@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.engine.sampling import Sampler, SamplingParams, choose_alone
+from app.engine.sampling import BatchSampler, Sampler, SamplingParams, choose_alone
 
 LOGITS = torch.tensor([2.0, 1.9, 1.0, -1.0, 0.5])
 
@@ -80,10 +80,19 @@ def test_infinite_logits_are_clamped_and_keep_their_order():
     assert choice.token_id == 3 and choice.logprob == 0.0
 
 
-def test_nan_logits_fail_the_draw():
+@pytest.mark.parametrize("temperature", [0.7, 0.0])
+def test_nan_logits_fail_the_draw_sampled_or_greedy(temperature):
+    """Greedy too: argmax takes NaN for the largest, and would return its id as a choice."""
     logits = torch.tensor([1.0, float("nan"), 0.0, 0.5, 0.2])
     with pytest.raises(RuntimeError, match="not a distribution"):
-        choose_alone(logits, _sampler(temperature=0.7, seed=4))
+        choose_alone(logits, _sampler(temperature=temperature, seed=4))
+
+
+def test_a_greedy_row_of_nan_fails_alone_in_its_batch():
+    logits = torch.tensor([[1.0, 3.0, 0.0], [float("nan")] * 3, [0.5, 0.1, 2.0]])
+    choices = BatchSampler().choose(logits, [_sampler(temperature=0.0) for _ in range(3)])
+    assert [c.token_id for c in (choices[0], choices[2])] == [1, 2]
+    assert isinstance(choices[1], RuntimeError) and "not a distribution" in str(choices[1])
 
 
 def test_logprobs_are_of_the_distribution_before_top_k_and_top_p():

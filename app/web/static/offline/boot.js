@@ -1,12 +1,14 @@
 // The script of a saved comparison page (offline/page.js builds it): draws the comparison
 // the page holds, and any saved comparison the reader opens: a .json file, or another page.
 
-import { describeIntervention, divergenceNote, drawTokens, InternalsView, readSaved } from "../panels/compare-view.js";
+import { describeIntervention, divergenceNote, drawTokens, InternalsView } from "../panels/compare-view.js";
+import { readSaved } from "../panels/saved.js";
 
 const $ = (selector) => document.querySelector(selector);
 const internals = new InternalsView($("[data-testid=internals]"));
 
 function show(run, source) {
+  document.title = `llmviz comparison: ${run.model}`;
   $("[data-testid=saved-about]").textContent =
     `${source}: “${run.prompt}” on ${run.model}, ${JSON.stringify(run.settings ?? {})}.`;
   $("[data-testid=interventions]").replaceChildren(

@@ -5,7 +5,8 @@
 // scope, and its imports read the exports of the modules bundled before it.
 
 const STATIC = new URL("../", import.meta.url); // app/web/static/
-const MODULES = ["dom.js", "colors.js", "panels/compare-view.js", "offline/boot.js"]; // dependencies first
+// Dependencies first.
+const MODULES = ["dom.js", "colors.js", "panels/saved.js", "panels/compare-view.js", "offline/boot.js"];
 const IMPORT = /^import\s*\{([^}]*)\}\s*from\s*"([^"]+)";?[ \t]*$/gm;
 const EXPORT = /^export\s+((?:async\s+)?(?:function\*?|class|const|let))\s+([\w$]+)/gm;
 

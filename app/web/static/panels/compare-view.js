@@ -6,7 +6,6 @@
 import { cividis, diverging, viridis } from "../colors.js";
 import { h, percent, visible } from "../dom.js";
 
-export const RUN_FORMAT = "llmviz-compare/1"; // a saved comparison's `format`
 const SIDES = ["original", "intervened"];
 
 /** The index of the first generated token where the two runs differ, or null. */
@@ -15,23 +14,6 @@ export function firstDifference(a, b) {
     if (a[i]?.text !== b[i]?.text || a[i]?.id !== b[i]?.id) return i;
   }
   return null;
-}
-
-/**
- * A saved comparison from a file's text: the JSON file, or a saved page (its data is the
- * `llmviz-run` script). Checked enough to draw; throws an Error that says what is wrong.
- */
-export function readSaved(text) {
-  const json = text.trimStart().startsWith("{")
-    ? text
-    : new DOMParser().parseFromString(text, "text/html").getElementById("llmviz-run")?.textContent;
-  if (json === undefined) throw new Error("neither a saved comparison's JSON nor its page");
-  const run = JSON.parse(json);
-  if (run?.format !== RUN_FORMAT) throw new Error(`not a saved comparison (${RUN_FORMAT})`);
-  for (const side of SIDES) {
-    if (!Array.isArray(run[side])) throw new Error(`no “${side}” list of tokens`);
-  }
-  return run;
 }
 
 export function describeIntervention(item) {

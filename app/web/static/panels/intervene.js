@@ -5,14 +5,8 @@
 
 import { h } from "../dom.js";
 import { comparisonPage } from "../offline/page.js";
-import {
-  describeIntervention,
-  divergenceNote,
-  drawTokens,
-  InternalsView,
-  readSaved,
-  RUN_FORMAT,
-} from "./compare-view.js";
+import { describeIntervention, divergenceNote, drawTokens, InternalsView } from "./compare-view.js";
+import { readSaved, RUN_FORMAT } from "./saved.js";
 
 const KINDS = {
   ablate_head: "Ablate a head",
@@ -25,10 +19,11 @@ export class IntervenePanel {
   /**
    * @param root the panel's section
    * @param {object} hooks `onCompare()` runs a comparison; `onLayer(layer)` reads another
-   *   layer's internals for it; `currentHead()` is the attention panel's {layer, head},
-   *   offered as the head to ablate.
+   *   layer's internals for it; `onOpen()` stops the comparison under way before a file is
+   *   drawn; `currentHead()` is the attention panel's {layer, head}, offered as the head to
+   *   ablate.
    */
-  constructor(root, { onCompare, onLayer, currentHead }) {
+  constructor(root, { onCompare, onLayer, onOpen, currentHead }) {
     this.form = root.querySelector(".intervene-form");
     this.list = root.querySelector("[data-testid=interventions]");
     this.compareButton = root.querySelector("[data-testid=compare]");
@@ -40,6 +35,8 @@ export class IntervenePanel {
     this.internals = new InternalsView(root.querySelector("[data-testid=internals]"), onLayer);
     this.items = [];
     this.ready = false;
+    this.model = null; // {id, n_layers, n_heads}: what the interventions must fit
+    this.onOpen = onOpen;
     // The comparison shown: {model, prompt, settings, interventions, original, intervened,
     // internals?}, as it is saved (with `format`).
     this.run = null;
@@ -71,10 +68,25 @@ export class IntervenePanel {
     return this.items.map((item) => ({ ...item }));
   }
 
-  /** Whether a model that takes interventions is ready (not a remote one). */
+  /** No model that takes interventions is ready (none yet, or a remote one). */
   setReady(ready) {
     this.ready = ready;
-    this.compareButton.disabled = !ready || !this.items.length;
+    this.#showList();
+  }
+
+  /** Model `id` (its /config `config`) is ready: the list is checked against its shape. */
+  setModel(id, config) {
+    this.model = { id, n_layers: config.n_layers, n_heads: config.n_heads };
+    this.setReady(true);
+  }
+
+  /** The comparison or internals under way were stopped, for `reason`. */
+  stopped(reason) {
+    if (this.table.dataset.state === "running") {
+      this.status.textContent = `The comparison stopped: ${reason}.`;
+      this.table.dataset.state = "stopped";
+    }
+    if (this.internals.root.dataset.state === "loading") this.internals.clear(`Stopped: ${reason}.`);
   }
 
   /** A comparison starts: two empty columns. */
@@ -94,11 +106,13 @@ export class IntervenePanel {
   }
 
   finish(error = null) {
-    this.#saveable(Boolean(this.run));
     if (error) {
+      // Not saveable: half a comparison would read as two runs that diverge at once.
       this.status.textContent = `The comparison failed: ${error.message}`;
+      this.table.dataset.state = "failed";
       return;
     }
+    this.#saveable(true);
     this.status.textContent = divergenceNote(this.run);
     this.table.dataset.state = "done";
   }
@@ -133,29 +147,37 @@ export class IntervenePanel {
   #add() {
     const f = this.form.elements;
     const kind = f.kind.value;
-    const item = { kind, layer: Number.parseInt(f.layer.value, 10) };
-    if (kind === "ablate_head") item.head = Number.parseInt(f.head.value, 10);
+    const whole = (text) => (/^\s*\d+\s*$/.test(text) ? Number(text) : NaN);
+    const item = { kind, layer: whole(f.layer.value) };
+    if (kind === "ablate_head") item.head = whole(f.head.value);
     if (kind === "steer") Object.assign(item, { contrast: [f.first.value, f.second.value], scale: Number(f.scale.value) });
     if (kind === "patch") {
       item.source = f.source.value;
-      item.positions = f.positions.value.split(/[\s,]+/).filter(Boolean).map((p) => Number.parseInt(p, 10));
+      item.positions = f.positions.value.split(/[\s,]+/).filter(Boolean).map(whole);
+    }
+    const problem = formProblem(item);
+    if (problem) {
+      this.status.textContent = `Not added: ${problem}.`;
+      return;
     }
     this.items.push(item);
     this.#showList();
   }
 
   #showList() {
+    const misfits = this.items.map((item) => misfit(item, this.model));
     this.list.replaceChildren(
       ...this.items.map((item, i) =>
         h(
           "li",
-          {},
+          { class: misfits[i] ? "invalid" : "", title: misfits[i] ?? "" },
           describeIntervention(item),
+          misfits[i] ? h("span", { class: "misfit" }, ` (${misfits[i]})`) : null,
           h("button", { type: "button", "aria-label": "Remove", onclick: () => this.#remove(i) }, "×"),
         ),
       ),
     );
-    this.compareButton.disabled = !this.ready || !this.items.length;
+    this.compareButton.disabled = !this.ready || !this.items.length || misfits.some(Boolean);
   }
 
   #remove(index) {
@@ -180,18 +202,51 @@ export class IntervenePanel {
     const file = this.openInput.files?.[0];
     if (!file) return;
     try {
-      const run = readSaved(await file.text());
+      const run = readSaved(await file.text()); // checked whole before anything changes
+      this.onOpen?.();
       this.items = run.interventions ?? [];
       this.#showList();
       this.begin(run);
       this.finish();
       if (run.internals) this.internals.show(run.internals);
       else this.internals.clear("This comparison was saved without internals.");
-      this.status.textContent = `Opened ${file.name}: “${run.prompt}”, ${run.model}. ` + this.status.textContent;
+      const elsewhere =
+        this.model && this.model.id !== run.model
+          ? ` Compare would run its interventions on ${this.model.id}, the model picked here.`
+          : "";
+      this.status.textContent =
+        `Opened ${file.name}: “${run.prompt}”, ${run.model}. ${this.status.textContent}${elsewhere}`;
     } catch (error) {
       this.status.textContent = `Cannot open ${file.name}: ${error.message}`;
     }
   }
+}
+
+/** What is wrong with an intervention typed into the form, or null. */
+function formProblem(item) {
+  if (!Number.isInteger(item.layer)) return "the layer is a whole number from 0";
+  if (item.kind === "ablate_head" && !Number.isInteger(item.head)) return "the head is a whole number from 0";
+  if (item.kind === "steer") {
+    if (item.contrast.some((text) => !text)) return "steering needs both texts";
+    if (!Number.isFinite(item.scale)) return "the scale is a number";
+  }
+  if (item.kind === "patch") {
+    if (!item.source) return "a patch needs a source text";
+    if (!item.positions.length || !item.positions.every(Number.isInteger)) {
+      return "positions are whole numbers from 0, such as 0, 3";
+    }
+  }
+  return null;
+}
+
+/** Why `item` does not fit `model` ({id, n_layers, n_heads}), or null. */
+function misfit(item, model) {
+  if (!model) return null;
+  if (item.layer >= model.n_layers) return `${model.id} has layers 0 to ${model.n_layers - 1}`;
+  if (item.kind === "ablate_head" && item.head >= model.n_heads) {
+    return `${model.id} has heads 0 to ${model.n_heads - 1}`;
+  }
+  return null;
 }
 
 function download(text, type, name) {
