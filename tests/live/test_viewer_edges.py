@@ -324,6 +324,24 @@ def test_8_an_empty_prompt_shows_the_start_token_the_model_began_from(tab, serve
     _wait(tab, INSPECTED)
     assert tab.eval_on_selector(ATTENTION, "c => c.matrix.ids") == [bos]
     assert "start token" in tab.text_content(".token-count")
+    # One position: each norm chart marks its two points (a one-point line draws nothing),
+    # and a label longer than the lens's 12 characters is cut with an ellipsis, whole in
+    # its title.
+    _wait(tab, LENS_READY)
+    layers = tab.eval_on_selector_all("[data-testid=norms] figure", "f => f.length")
+    assert (
+        layers
+        and tab.eval_on_selector_all("[data-testid=norms] circle", "c => c.length") == 2 * layers
+    )
+    bos_text = server.post(
+        "/detokenize", model_id="tiny-gpt2", token_ids=[bos], skip_special_tokens=False
+    )["text"]
+    assert len(bos_text) > 12  # "<|endoftext|>": long enough to be cut
+    header = tab.eval_on_selector(
+        f"{LENS} thead th:nth-child(2)", "th => [th.textContent, th.title]"
+    )
+    shown = bos_text if len(bos_text) <= 12 else bos_text[:11] + "…"
+    assert header == [shown, f"position 0: {bos_text}"]
     tab.click(GENERATE)
     _wait(tab, f"document.querySelector('{OUTPUT}').dataset.state === 'done'")
     ids = tab.eval_on_selector_all(f"{OUTPUT} .tok", "ts => ts.map(t => t.dataset.id)")

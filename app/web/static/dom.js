@@ -29,6 +29,12 @@ export function visible(text) {
   return text.replaceAll(" ", "·").replaceAll("\t", "→").replaceAll("\r", "␍").replaceAll("\n", "↵");
 }
 
+/** `text` cut to `n` characters, with an ellipsis where something was cut (`<|endof…`). */
+export function clip(text, n) {
+  const chars = [...text]; // by code point: an emoji is not cut in half
+  return chars.length <= n ? text : `${chars.slice(0, n - 1).join("")}…`;
+}
+
 /** A probability as a percentage that stays informative near 0. */
 export function percent(p) {
   return p >= 0.001 ? `${(p * 100).toFixed(1)}%` : `${(p * 100).toExponential(0)}%`;

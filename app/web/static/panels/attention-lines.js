@@ -1,7 +1,7 @@
 // The attention panel's head view: lines from each query token (left) to the k keys it
 // attends to most (right), drawn on a canvas.
 
-import { visible } from "../dom.js";
+import { clip, visible } from "../dom.js";
 
 // The view fits its rows into the box's height (600 px, viewer.css) down to this height per
 // row; more rows than that scroll, and the panel's note says so.
@@ -42,7 +42,7 @@ export function drawLines(canvas, rows, { labels, head, k, focus }) {
     }
   }
   for (let i = 0; i < n; i++) {
-    const label = visible(labels[i] ?? "").slice(0, 16);
+    const label = clip(visible(labels[i] ?? ""), 16);
     ctx.fillStyle = focus === i ? "#000" : "#333";
     ctx.textAlign = "right";
     ctx.fillText(label, left, y(i));

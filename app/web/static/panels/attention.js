@@ -7,7 +7,7 @@
 // so live rows and a later /inspect of the whole text fit together.
 
 import { viridis } from "../colors.js";
-import { h, visible } from "../dom.js";
+import { clip, h, visible } from "../dom.js";
 import { block, decodeTensor } from "../tensors.js";
 import { drawLines, fit, LINE_ROW, strongest } from "./attention-lines.js";
 
@@ -252,7 +252,7 @@ export class AttentionPanel {
       ctx.textBaseline = "middle";
       ctx.textAlign = "right";
       for (let i = 0; i < n; i++) {
-        const label = visible(this.labels[i] ?? "").slice(0, 8);
+        const label = clip(visible(this.labels[i] ?? ""), 8);
         ctx.fillText(label, margin - 4, margin + (i + 0.5) * cell);
         ctx.save();
         ctx.translate(margin + (i + 0.5) * cell, margin - 4);

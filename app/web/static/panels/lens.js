@@ -3,7 +3,7 @@
 // next; the last row is each position's prediction depth.
 
 import { cividis } from "../colors.js";
-import { h, percent, visible } from "../dom.js";
+import { clip, h, percent, visible } from "../dom.js";
 import { decodeTensor } from "../tensors.js";
 
 export class LensPanel {
@@ -49,7 +49,7 @@ export class LensPanel {
           style: `background:${cividis.css(p)};color:${cividis.ink(p)}`,
           title: `layer ${answer.layers[l]}, position ${t}: top ${JSON.stringify(text(top(l, t)))} ${percent(p)}${next}`,
         },
-        visible(text(top(l, t))).slice(0, 12),
+        clip(visible(text(top(l, t))), 12),
         rank >= 0 ? h("sub", {}, String(rank)) : null,
       );
     };
@@ -60,7 +60,10 @@ export class LensPanel {
         {},
         h("caption", {}, `Top token of each layer at each of the ${positions} positions`),
         h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "layer"),
-          range.map((t) => h("th", { scope: "col", title: `position ${t}` }, visible(labels[t] ?? "").slice(0, 12))))),
+          range.map((t) => {
+            const label = visible(labels[t] ?? "");
+            return h("th", { scope: "col", title: `position ${t}: ${label}` }, clip(label, 12));
+          }))),
         h(
           "tbody",
           {},

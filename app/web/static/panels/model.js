@@ -84,11 +84,11 @@ export class ModelPanel {
    * Ask GET /models again and show the model's line; returns the listing (null on failure).
    * After a stream ends the server notices the closed connection only at its next token, so
    * while the model still counts a job and `busy()` (a stream of ours) is false, ask again
-   * a few times, over about 5 s.
+   * a few times, over about 10 s (a loaded machine can take seconds to retire a job).
    */
   async refreshStatus(client, modelId, config, { signal, busy }) {
     let listing = null;
-    for (const pause of [0, 150, 300, 600, 1200, 2400]) {
+    for (const pause of [0, 150, 300, 600, 1200, 2400, 4800]) {
       await new Promise((resolve) => setTimeout(resolve, pause));
       if (signal.aborted || busy()) return listing;
       listing = await client.models({ signal }).catch(() => null);

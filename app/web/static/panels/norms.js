@@ -52,7 +52,14 @@ function chart(layer, input, output) {
         "aria-label": `layer ${layer}: output norms ${range(output)}, input norms ${range(input)}` },
       svg("polyline", { points: points(input), class: "norm-in" }),
       svg("polyline", { points: points(output), class: "norm-out" }),
+      // One position makes a line of one point, which draws nothing: mark it.
+      ...(output.length === 1 ? [dot(points(input), "norm-in"), dot(points(output), "norm-out")] : []),
     ),
     h("figcaption", {}, `layer ${layer} · max ${top.toFixed(1)}`),
   );
+}
+
+function dot(point, cls) {
+  const [cx, cy] = point.split(",");
+  return svg("circle", { cx, cy, r: 3, class: `${cls} dot` });
 }
