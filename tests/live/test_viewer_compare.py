@@ -87,6 +87,7 @@ def _compare(tab, server) -> None:
     tab.fill(f"{form} [name=scale]", "3")
     tab.click("[data-testid=add-intervention]")
     assert "steer layer 3 by “Love” − “Hate” × 3" in tab.text_content("[data-testid=interventions]")
+    assert tab.is_hidden(f"{INTERNALS} .internals-body")  # no empty maps or captions yet
     tab.click("[data-testid=compare]")
     _wait(tab, f"document.querySelector('{VIEW}').dataset.state === 'done'")
     _wait(tab, f"document.querySelector('{INTERNALS}').dataset.state === 'done'")
@@ -218,6 +219,12 @@ def test_a_comparison_saved_as_a_page_shows_from_file_with_no_server(tab, server
     assert "by “Love” − “Hate” × 3" in page.text_content("[data-testid=interventions]")
     assert page.get_attribute(READOUT, "data-delta") == delta
     assert page.is_disabled(f"{INTERNALS} [name=layer]")  # the saved layer only
+    layers = page.eval_on_selector_all(
+        f"{INTERNALS} [name=layer] option", "o => o.map(x => x.value)"
+    )
+    assert layers == ["3"]
+    about = page.text_content("[data-testid=saved-about]")
+    assert "max_new_tokens 24, temperature 0.8" in about and about.endswith(", seed 0.")
     page.select_option(f"{INTERNALS} [name=head]", "1")
     assert page.get_attribute(READOUT, "data-head") == "1"
 

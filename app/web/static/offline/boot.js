@@ -1,7 +1,13 @@
 // The script of a saved comparison page (offline/page.js builds it): draws the comparison
 // the page holds, and any saved comparison the reader opens: a .json file, or another page.
 
-import { describeIntervention, divergenceNote, drawTokens, InternalsView } from "../panels/compare-view.js";
+import {
+  describeIntervention,
+  describeSettings,
+  divergenceNote,
+  drawTokens,
+  InternalsView,
+} from "../panels/compare-view.js";
 import { readSaved } from "../panels/saved.js";
 
 const $ = (selector) => document.querySelector(selector);
@@ -10,7 +16,7 @@ const internals = new InternalsView($("[data-testid=internals]"));
 function show(run, source) {
   document.title = `llmviz comparison: ${run.model}`;
   $("[data-testid=saved-about]").textContent =
-    `${source}: “${run.prompt}” on ${run.model}, ${JSON.stringify(run.settings ?? {})}.`;
+    `${source}: “${run.prompt}” on ${run.model}; ${describeSettings(run.settings ?? {})}.`;
   $("[data-testid=interventions]").replaceChildren(
     ...(run.interventions ?? []).map((item) => Object.assign(document.createElement("li"), { textContent: describeIntervention(item) })),
   );

@@ -31,6 +31,14 @@ export function describeIntervention(item) {
   }
 }
 
+/** Generation settings as words: `max_new_tokens 32, temperature 0.7, seed 0`. */
+export function describeSettings(settings) {
+  return Object.entries(settings)
+    .filter(([, value]) => !(Array.isArray(value) && !value.length))
+    .map(([name, value]) => `${name} ${Array.isArray(value) ? JSON.stringify(value) : value}`)
+    .join(", ");
+}
+
 /** Where the two runs part, as a sentence. */
 export function divergenceNote(run) {
   const at = firstDifference(run.original, run.intervened);
@@ -107,16 +115,13 @@ export class InternalsView {
       h("figure", {}, canvas, h("figcaption", {}, name === "difference" ? "intervened − original" : name)),
     );
     this.canvases.difference.addEventListener("mousemove", (event) => this.#pointAt(event));
-    root.replaceChildren(
-      this.note,
-      this.controls,
-      h(
-        "div",
-        { class: "internals-body" },
-        h("div", {}, h("div", { class: "attention-delta" }, ...figures), this.readout),
-        h("div", { class: "lens-scroll" }, this.lens),
-      ),
+    this.body = h(
+      "div",
+      { class: "internals-body" },
+      h("div", {}, h("div", { class: "attention-delta" }, ...figures), this.readout),
+      h("div", { class: "lens-scroll" }, this.lens),
     );
+    root.replaceChildren(this.note, this.controls, this.body);
     this.clear("");
   }
 
@@ -124,8 +129,8 @@ export class InternalsView {
     this.internals = null;
     this.note.textContent = message;
     this.controls.hidden = true;
+    this.body.hidden = true;
     this.root.dataset.state = "empty";
-    for (const canvas of Object.values(this.canvases)) canvas.hidden = true;
     this.readout.textContent = "";
     this.lens.replaceChildren();
   }
@@ -139,9 +144,10 @@ export class InternalsView {
   show(internals, layers = null) {
     this.internals = internals;
     const { layer, heads, labels } = internals;
-    const choices = layers ?? layer + 1;
+    // Without `layers` (a saved page) the saved layer is the only one there is.
+    const choices = layers === null ? [layer] : Array.from({ length: layers }, (_, i) => i);
     this.layerSelect.replaceChildren(
-      ...Array.from({ length: choices }, (_, i) => h("option", { value: i, selected: i === layer }, String(i))),
+      ...choices.map((i) => h("option", { value: i, selected: i === layer }, String(i))),
     );
     this.layerSelect.disabled = layers === null;
     const head = Math.min(Number(this.headSelect.value) || 0, heads - 1);
@@ -149,6 +155,7 @@ export class InternalsView {
       ...Array.from({ length: heads }, (_, i) => h("option", { value: i, selected: i === head }, String(i))),
     );
     this.controls.hidden = false;
+    this.body.hidden = false;
     this.note.textContent =
       `Layer ${layer} on the original run's ${labels.length} tokens (prompt and generation), read ` +
       "once as the model is and once with the interventions.";
@@ -174,7 +181,6 @@ export class InternalsView {
     paint(this.canvases.original, n, viridis.lut, (q, k) => Math.sqrt(Math.max(a[q][k], 0)));
     paint(this.canvases.intervened, n, viridis.lut, (q, k) => Math.sqrt(Math.max(b[q][k], 0)));
     paint(this.canvases.difference, n, diverging.lut, (q, k) => 0.5 + (b[q][k] - a[q][k]) / (2 * scale));
-    for (const canvas of Object.values(this.canvases)) canvas.hidden = false;
     Object.assign(this.readout.dataset, { head, delta: largest.delta, query: largest.query, key: largest.key });
     this.readout.textContent =
       largest.delta === 0

@@ -93,7 +93,7 @@ export class IntervenePanel {
   begin(run) {
     this.run = run;
     this.#saveable(false);
-    this.status.textContent = "Comparing…";
+    this.status.textContent = `Comparing, seed ${run.settings.seed}…`;
     this.internals.clear("");
     drawTokens(this.table, run);
     this.table.dataset.state = "running";
