@@ -3,14 +3,13 @@ batch-mates; a seeded request gives the same tokens alone and batched in a real 
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from app.engine import GenerationJob, ModelTask, ModelWorker, SamplingParams, TokenEvent
+from app.engine import GenerationJob, ModelWorker, SamplingParams, TokenEvent
 from app.engine.sampling import BatchSampler, Sampler, choose_alone, draw
+from tests.support.engine import submit_together
 from tests.support.tiny_models import MODEL_IDS
 
 CPU = torch.device("cpu")
@@ -133,13 +132,7 @@ def _run(model, jobs: list[GenerationJob]) -> list[list[int]]:
     """Run jobs on a worker, queued while it is busy so that they share one batch."""
     worker = ModelWorker(model, _Letters(), frozenset(), max_active=8, max_queue=16)
     try:
-        gate = threading.Event()
-        blocker = ModelTask(lambda model, tokenizer: gate.wait(10))
-        worker.submit(blocker)
-        for job in jobs:
-            worker.submit(job)
-        gate.set()
-        blocker.result()
+        submit_together(worker, jobs)
         return [[e.token_id for e in job.events(10) if isinstance(e, TokenEvent)] for job in jobs]
     finally:
         worker.close(cancel=True)

@@ -4,18 +4,17 @@ prefill computes, and the running rows keep stepping while it is fed: in the sam
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from app.engine import DoneEvent, ErrorEvent, GenerationJob, ModelTask, ModelWorker, SamplingParams
+from app.engine import DoneEvent, ErrorEvent, GenerationJob, ModelWorker, SamplingParams
 from app.engine.attention import HeadSelection
 from app.engine.batch import DecodeBatch, SoloSequence
 from app.engine.events import TokenEvent
 from app.engine.pace import PrefillPace
 from app.engine.running import PassCounters, RunningGroup
+from tests.support.engine import submit_together
 from tests.support.scripted import FAIL, LetterTokenizer, ScriptedLM
 from tests.support.tiny_models import MODEL_IDS
 from tests.unit.engine.conftest import solo_logits
@@ -179,14 +178,8 @@ def test_an_idle_worker_still_prefills_a_burst_in_one_pass(model_root, workers):
     model = _Recording(AutoModelForCausalLM.from_pretrained(model_root / "tiny-gpt2").eval())
     worker = ModelWorker(model, _Numbers(), frozenset(), 8, 16, prefill_chunk=4)
     workers.append(worker)
-    gate = threading.Event()
-    blocker = ModelTask(lambda model, tokenizer: gate.wait(10))
-    worker.submit(blocker)
     jobs = [GenerationJob(p, SamplingParams(2, temperature=0)) for p in (LONG, SHORT, LONG[:9])]
-    for job in jobs:
-        worker.submit(job)
-    gate.set()
-    blocker.result()
+    submit_together(worker, jobs)
     for job in jobs:
         assert len(_tokens(job)) == 2
     assert model.passes[0] == (3, len(LONG))  # nobody was running: no reason to chunk

@@ -6,7 +6,6 @@ GPT-2 (Conv1D, weights stored [in, out]) and a Llama (grouped-query, nn.Linear).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -14,8 +13,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.engine import GenerationJob, ModelTask, ModelWorker, SamplingParams, TokenEvent
+from app.engine import GenerationJob, ModelWorker, SamplingParams, TokenEvent
 from app.engine.interventions import Intervention, InterventionSet, decoder_blocks
+from tests.support.engine import submit_together
 from tests.support.tiny_models import MODEL_IDS
 
 PROMPT = [5, 9, 14, 3, 22, 7, 11]
@@ -165,7 +165,7 @@ def _reference_generation(model, prompt, tokens, handles_for) -> list[tuple[int,
     return made
 
 
-def _engine_generation(worker, prompt, tokens, items=None, seed=None) -> list[tuple[int, float]]:
+def _job(prompt, tokens, items=None, seed=None) -> GenerationJob:
     params = SamplingParams(
         max_new_tokens=tokens,
         temperature=0 if seed is None else 0.9,
@@ -173,11 +173,19 @@ def _engine_generation(worker, prompt, tokens, items=None, seed=None) -> list[tu
         ignore_eos=True,
         logprobs=True,
     )
-    job = GenerationJob(
+    return GenerationJob(
         prompt, params, interventions=None if items is None else InterventionSet(items)
     )
-    worker.submit(job)
+
+
+def _results(job: GenerationJob) -> list[tuple[int, float]]:
     return [(e.token_id, e.logprob) for e in job.events(30.0) if isinstance(e, TokenEvent)]
+
+
+def _engine_generation(worker, prompt, tokens, items=None, seed=None) -> list[tuple[int, float]]:
+    job = _job(prompt, tokens, items, seed)
+    worker.submit(job)
+    return _results(job)
 
 
 @pytest.fixture
@@ -235,33 +243,9 @@ def test_generation_with_interventions_equals_the_references(worker_of, model_ro
     assert got != _engine_generation(worker, PROMPT, 8)
 
 
-def _job(prompt, tokens, items=None, seed=None) -> GenerationJob:
-    params = SamplingParams(
-        max_new_tokens=tokens,
-        temperature=0 if seed is None else 0.9,
-        seed=seed,
-        ignore_eos=True,
-        logprobs=True,
-    )
-    return GenerationJob(
-        prompt, params, interventions=None if items is None else InterventionSet(items)
-    )
-
-
-def _results(job: GenerationJob) -> list[tuple[int, float]]:
-    return [(e.token_id, e.logprob) for e in job.events(30.0) if isinstance(e, TokenEvent)]
-
-
 def _burst(worker, jobs: list[GenerationJob]) -> list[list[tuple[int, float]]]:
-    """Submit `jobs` while the worker is held, so that they start together: one prefill
-    pass, then rows of the same steps."""
-    gate = threading.Event()
-    blocker = ModelTask(lambda model, tokenizer: gate.wait(10))
-    worker.submit(blocker)
-    for job in jobs:
-        worker.submit(job)
-    gate.set()
-    blocker.result()
+    """The jobs started together (one prefill pass, then the same steps); their results."""
+    submit_together(worker, jobs)
     return [_results(job) for job in jobs]
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import torch
 
-from app.engine import DoneEvent, ErrorEvent, GenerationJob, ModelTask, ModelWorker, SamplingParams
+from app.engine import DoneEvent, ErrorEvent, GenerationJob, ModelWorker, SamplingParams
 from app.engine.running import PassCounters, RunningGroup
 from app.engine.sampling import BatchSampler
+from tests.support.engine import submit_together
 from tests.support.scripted import FAIL, LetterTokenizer, ScriptedLM
 
 GREEDY = SamplingParams(max_new_tokens=6, temperature=0)
@@ -23,14 +22,8 @@ def run_together(lm: ScriptedLM, prompts: list[str], params=GREEDY):
     """Start a worker, queue every prompt while it is busy (so they share one prefill),
     and return each job's events and the worker."""
     worker = ModelWorker(lm, TOKENIZER, frozenset(), max_active=8, max_queue=16)
-    gate = threading.Event()
-    blocker = ModelTask(lambda model, tokenizer: gate.wait(10))
-    worker.submit(blocker)
     jobs = [GenerationJob(list(ids(p)), params) for p in prompts]
-    for job in jobs:
-        worker.submit(job)
-    gate.set()
-    assert blocker.result() is True
+    submit_together(worker, jobs)
     return [until_done(job) for job in jobs], worker
 
 
