@@ -25,6 +25,7 @@ export class Comparison {
    */
   async run(model, tokens, params) {
     this.#abort();
+    this.sequence = null; // another layer is asked of this comparison's tokens, once they exist
     const signal = this.#signal(model);
     const settings = { ...params, seed: params.seed ?? 0, max_new_tokens: params.max_new_tokens ?? 32 };
     const interventions = this.panel.interventions();
