@@ -35,6 +35,7 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     packed_weights: bool = True  # float32 on a CPU: linear layers run through oneDNN
+    fused_step: bool = True  # GPT-2 on a CPU: a lone row's decoding step in C
     quantize: str = "none"  # int8 or float16 linear weights on a CPU (approximate)
     device_map: str = ""  # accelerate's device map: split a model over devices and disk
     max_memory: str = ""  # JSON: each device's budget for the device map

@@ -21,13 +21,15 @@ runs, as a value), `pace` (how much prompt a round takes), `backlog` (a full
 queue's Retry-After), `isolation` (a failed part ends only its own jobs), `batch`
 (the KV-cache batch), `mixed` (mixed passes), `kvcache`, `sampling`, `stopping`,
 `decoding` (incremental detokenization), `attention`, `tensors` (the wire encoding
-of tensors) and `threads` (hand-offs between native threads and gevent).
+of tensors), `threads` (hand-offs between native threads and gevent), `lean` (plain
+decoding steps without transformers' Python) and `kernels` (steps in C).
 """
 
 from app.engine.attention import HeadSelection
 from app.engine.contract import CausalLM, Tokenizer, input_device
 from app.engine.events import Alternative, DoneEvent, ErrorEvent, Event, TokenEvent
 from app.engine.job import GenerationJob
+from app.engine.lean import fused_candidate
 from app.engine.sampling import SamplingParams
 from app.engine.worker import ModelTask, ModelWorker, QueueFull, TaskAbandoned, WorkerClosed
 
@@ -37,6 +39,7 @@ __all__ = [
     "DoneEvent",
     "ErrorEvent",
     "Event",
+    "fused_candidate",
     "GenerationJob",
     "HeadSelection",
     "ModelTask",

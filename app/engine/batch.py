@@ -24,8 +24,9 @@ from transformers.cache_utils import CacheLayerMixin
 
 from app.engine.attention import HeadSelection, eager_attention
 from app.engine.contract import CausalLM, ForwardOutput, cache_keyword, input_device
+from app.engine.kernels.gpt2 import FusedStep
 from app.engine.kvcache import GrowingLayer, filled, growing_cache, headroom, stack_left_padded
-from app.engine.lean import LeanStep
+from app.engine.lean import LeanStep, fused_takes
 from app.engine.mixed import BatchPart, Part, mixed_forward, padded_mask
 
 _MERGEABLE = (GrowingLayer,)  # full-attention layers (growing_cache); sliding windows cannot merge
@@ -103,7 +104,12 @@ class DecodeBatch:
     @torch.inference_mode()
     def step(self, tokens: Sequence[int], lean: bool = True) -> Step:
         """Feed each row its latest token; return every row's next-token logits. `lean`:
-        whether the lean step may run it (not while hooks change some rows)."""
+        whether the lean step (and the fused step for a lone row) may run it (not while
+        hooks change some rows)."""
+        if lean and self._lean is not None and self._lean.fused is not None:
+            alone = self._fused_step(self._lean.fused, tokens)
+            if alone is not None:
+                return alone
         device = input_device(self._model)
         ids = torch.tensor([[t] for t in tokens], device=device)
         positions = torch.tensor([[n] for n in self._lengths], device=device)
@@ -128,6 +134,21 @@ class DecodeBatch:
             for row, watch in enumerate(self.watches)
         ]
         return Step(out.logits[:, -1].float(), attention)
+
+    def _fused_step(self, fused: FusedStep, tokens: Sequence[int]) -> Step | None:
+        """A lone, unpadded, unwatched row's step through the fused step in C, without the
+        tensors `step` builds for rows in general; None where it does not apply. A token or
+        position outside the model raises ValueError before any column is written."""
+        if len(self._lengths) != 1 or self.watches[0] is not None:
+            return None
+        cache, mask = self._state()
+        length = self._lengths[0]
+        if mask.shape[1] != length or not fused_takes(cache):  # padded, or another cache
+            return None
+        logits = fused(tokens[0], length, cache)
+        self._mask = F.pad(mask, (0, 1), value=1)
+        self._lengths = [length + 1]
+        return Step(logits, [None])
 
     def mixed_step(self, tokens: Sequence[int], parts: Sequence[Part]) -> tuple[Step, torch.Tensor]:
         """`step`, with other sequences' parts in the same forward pass (app/engine/mixed.py).

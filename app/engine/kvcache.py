@@ -89,6 +89,27 @@ class GrowingLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self._columns
 
+    def room(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """For a step written from outside torch (app/engine/kernels): the key and value
+        buffers [rows, heads, capacity, head_dim], with room for one more column, their last
+        dimension contiguous and their strides alike, and the column to write. `advance`
+        then counts it.
+
+        Raises RuntimeError for a layer never filled.
+        """
+        keys, values, column = self._key_buffer, self._value_buffer, self._columns
+        if keys is None or values is None:
+            raise RuntimeError("the cache layer holds no keys yet")
+        if keys.shape[-2] <= column or keys.stride(-1) != 1 or values.stride() != keys.stride():
+            capacity = headroom(column + 1)
+            keys = self._key_buffer = _regrow(keys, column, keys, capacity)
+            values = self._value_buffer = _regrow(values, column, values, capacity)
+        return keys, values, column
+
+    def advance(self) -> None:
+        """Count the column `room` gave, now written."""
+        self._columns += 1
+
     def truncate(self, columns: int) -> None:
         """Forget the columns past `columns` (the room stays)."""
         self._columns = min(self._columns, columns)

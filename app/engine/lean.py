@@ -10,6 +10,12 @@ itself (the model's worker calls it as the model loads) before the path is used,
 model it does not match keeps transformers' forward. Measured on the demo model (2-core
 CPU, one row, in a thread as the worker runs it): 3.9 -> 3.2 ms a step.
 
+A step of exactly one unpadded row (a single stream) goes further where it can: the
+fused step in C (app/engine/kernels), the whole step in one OpenMP region with the
+weights read at the machine's memory rate. Its logits are not bit for bit these (its
+sums run in another order): `make` checks them against this step's within 1e-4 of the
+logits' scale, and the setting LLMVIZ_FUSED_STEP=0 turns it off.
+
 Only GPT-2's architecture (`GPT2LMHeadModel`: the demo models and GPT-2) has a lean step;
 every other model, and every pass that captures internals or mixes in prompt chunks,
 runs transformers' forward.
@@ -27,6 +33,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from app.engine.contract import CausalLM
+from app.engine.kernels import gpt2
+from app.engine.kvcache import GrowingLayer
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +54,28 @@ class LeanStep:
     def __init__(self, model: torch.nn.Module) -> None:
         self._model: Any = model  # GPT2LMHeadModel: its submodules are read by name below
         self._body: Any = model.transformer
+        self.fused: gpt2.FusedStep | None = None  # for one unpadded row, where it agrees
 
     @classmethod
-    def make(cls, model: object) -> LeanStep | None:
+    def make(cls, model: object, fused: bool = True) -> LeanStep | None:
         """A lean step for `model`, or None when it has none or it does not reproduce
-        transformers' step exactly on a probe (unpadded and padded rows)."""
+        transformers' step exactly on a probe (unpadded and padded rows). `fused`: also
+        use the fused step for one row where it builds and agrees (LLMVIZ_FUSED_STEP)."""
         if not _supported(model):
             return None
         if not isinstance(model, torch.nn.Module):
             return None
         lean = cls(model)
         try:
-            if lean._reproduces():
-                return lean
+            if not lean._reproduces():
+                log.warning("the lean decoding step differs from transformers' forward: not used")
+                return None
         except Exception as exc:  # an unexpected layout: transformers' forward will do
             log.warning("no lean decoding step for this model (%s)", exc)
             return None
-        log.warning("the lean decoding step differs from transformers' forward: not used")
-        return None
+        if fused:
+            lean.fused = lean._checked(gpt2.make(model))
+        return lean
 
     @torch.inference_mode()
     def __call__(
@@ -75,7 +87,8 @@ class LeanStep:
     ) -> LeanOutput:
         """ids, positions: [rows, 1]; mask: [rows, columns] (1 = real token, this step's
         column included) or None when no row is padded. Appends this step's keys and
-        values to `cache`, as transformers' forward does."""
+        values to `cache`, as transformers' forward does. (The fused step, where a batch
+        takes it, is `fused`: see DecodeBatch.step.)"""
         body = self._body
         attend = None if mask is None else mask.bool()[:, None, None, :]  # [rows, 1, 1, columns]
         hidden = body.wte(ids) + body.wpe(positions)  # [rows, 1, d_model]
@@ -118,6 +131,43 @@ class LeanStep:
             if not torch.equal(got, expected):
                 return False
         return True
+
+    @torch.inference_mode()
+    def _checked(self, fused: gpt2.FusedStep | None) -> gpt2.FusedStep | None:
+        """`fused` if its logits stay within 1e-4 of the logits' scale of this step's over a
+        prefill and four steps of one row (the cache written and read back), else None."""
+        from app.engine.batch import DecodeBatch  # batch imports this module
+
+        if fused is None:
+            return None
+        vocab = self._body.wte.weight.shape[0]
+        tokens = [token % vocab for token in range(1, 10)]
+        eager, native = DecodeBatch(self._model), DecodeBatch(self._model)
+        for batch in (eager, native):
+            batch.prefill([tokens[:5]], [None])
+        try:
+            for position, token in enumerate(tokens[5:], start=5):
+                ids, positions = torch.tensor([[token]]), torch.tensor([[position]])
+                expected = self(ids, positions, eager._state()[0], None).logits[:, -1]
+                got = fused(token, position, native._state()[0])
+                scale = max(1.0, float(expected.abs().max()))
+                if not bool((got - expected).abs().max() <= 1e-4 * scale):
+                    log.warning("the fused decoding step's logits differ from PyTorch's: not used")
+                    return None
+        except (ValueError, RuntimeError, IndexError) as exc:  # a model of under 9 positions
+            log.warning("no fused decoding step for this model (%s)", exc)
+            return None
+        return fused
+
+
+def fused_candidate(model: object) -> bool:
+    """Whether `model` may get a fused step (its loader then keeps plain weights for it)."""
+    return _supported(model) and gpt2.computes(model)
+
+
+def fused_takes(cache: DynamicCache) -> bool:
+    """Whether the fused step can write `cache` (every layer a GrowingLayer)."""
+    return all(type(layer) is GrowingLayer for layer in cache.layers)
 
 
 def _supported(model: object) -> bool:

@@ -104,6 +104,8 @@ class ModelWorker:
     Jobs that arrive at an idle worker are prefilled together in one pass; a job
     that joins running rows is prefilled at most `prefill_chunk` prompt tokens
     between two of their steps, so a long prompt does not stall them.
+    `fused_step`: decode a lone row with the fused step in C where the model has one
+    (app/engine/lean.py, LLMVIZ_FUSED_STEP).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class ModelWorker:
         max_active: int,
         max_queue: int,
         prefill_chunk: int = 128,
+        fused_step: bool = True,
     ) -> None:
         self._model = model
         self._tokenizer = tokenizer
@@ -129,7 +132,8 @@ class ModelWorker:
         self._running: list[GenerationJob] = []  # admitted and not yet ended, for stats
         self._groups: list[RunningGroup] = []
         # Proved on the model now, as part of its load, not on the first request's time.
-        self._lean = LeanStep.make(model)
+        self._lean = LeanStep.make(model, fused=fused_step)
+        self.fused_step = self._lean is not None and self._lean.fused is not None
         self._alive = native_lock()  # held by the thread while it runs; see join()
         self._alive.acquire()
         self.queued = 0

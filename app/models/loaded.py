@@ -143,6 +143,7 @@ class LoadedModel:
             "load_seconds": round(self.load_seconds, 3),
             "memory_bytes": self.memory_bytes,
             "packed_layers": self.packed_layers,
+            "fused_step": self.worker.fused_step,
             "device_map": self.device_map,
             "last_used": max(self.last_used, self.worker.last_finished),
             "retiring": self.retiring,

@@ -22,7 +22,7 @@ from transformers import (
 from transformers.utils import cached_file
 
 from app.config import Settings
-from app.engine import ModelWorker, input_device
+from app.engine import ModelWorker, fused_candidate, input_device
 from app.engine.threads import run_on_new_thread
 from app.errors import BadRequest, ModelLoadFailed, ModelNotFound
 from app.models import dispatch, hub, progress
@@ -117,7 +117,9 @@ def _load_weights(
     # them back into memory (dispatch.py). LLMVIZ_QUANTIZE is refused with a device map.
     split = dispatch.is_split(model)
     quantized = _quantize(model, settings.quantize, spec)
-    packed = pack_linear_layers(model) if settings.packed_weights and not split else 0
+    # The fused step reads plain weights, so packing keeps them for a model it may run.
+    plain = settings.fused_step and fused_candidate(model)
+    packed = pack_linear_layers(model, plain) if settings.packed_weights and not split else 0
     eos_ids = _eos_ids(model, profile.tokenizer)
     seconds = time.perf_counter() - started
     log.info(
@@ -137,6 +139,7 @@ def _load_weights(
         settings.max_batch,
         settings.max_queue,
         prefill_chunk=settings.prefill_chunk,
+        fused_step=settings.fused_step,
     )
     return LoadedModel(
         profile,

@@ -36,13 +36,20 @@ class PackedLinear(nn.Module):
     """`y = x @ W.T + b`, W held in oneDNN's layout. x: [..., in_features] float32 →
     y: [..., out_features]. Inference only: the operator has no gradient."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """`weight`: [out_features, in_features], as `nn.Linear` holds it."""
+    plain: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, keep_plain=False) -> None:
+        """`weight`: [out_features, in_features], as `nn.Linear` holds it. `keep_plain`: keep
+        it too, contiguous, as the buffer `plain`, for code that reads a plain layout (the
+        fused decoding step, app/engine/kernels); an `nn.Linear`'s weight is kept as it is,
+        shared with whatever else holds it (a tied embedding)."""
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), _ROWS_HINT)
+        plain = weight.detach().contiguous()
+        packed = torch.ops.mkldnn._reorder_linear_weight(plain, _ROWS_HINT)
         self.weight = nn.Parameter(packed, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.register_buffer("plain", plain if keep_plain else None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's output for `x`."""
@@ -68,8 +75,9 @@ def can_pack(model: nn.Module) -> bool:
     )
 
 
-def pack_linear_layers(model: nn.Module) -> int:
-    """Replace the model's `nn.Linear` and GPT-2-style `Conv1D` layers by `PackedLinear`s.
+def pack_linear_layers(model: nn.Module, keep_plain: bool = False) -> int:
+    """Replace the model's `nn.Linear` and GPT-2-style `Conv1D` layers by `PackedLinear`s
+    (keeping each plain weight too where `keep_plain`, see `PackedLinear`).
 
     Returns how many were replaced (0 when `can_pack` says no, or when a packed layer
     does not reproduce its original on a probe: the model is then left as it was). A
@@ -88,7 +96,7 @@ def pack_linear_layers(model: nn.Module) -> int:
     if not layers or not _reproduces(layers[0][2]):
         return 0
     for parent, name, child in layers:
-        setattr(parent, name, _packed(child))
+        setattr(parent, name, _packed(child, keep_plain))
     return len(layers)
 
 
@@ -103,8 +111,8 @@ def out_in_weight(layer: nn.Linear | Conv1D) -> torch.Tensor:
     return layer.weight.t() if isinstance(layer, Conv1D) else layer.weight
 
 
-def _packed(layer: nn.Linear | Conv1D) -> PackedLinear:
-    return PackedLinear(out_in_weight(layer), layer.bias)
+def _packed(layer: nn.Linear | Conv1D, keep_plain: bool = False) -> PackedLinear:
+    return PackedLinear(out_in_weight(layer), layer.bias, keep_plain)
 
 
 @torch.inference_mode()

@@ -117,9 +117,23 @@ def quantize_linear_layers(model: nn.Module, kind: str) -> int:
     return len(layers)
 
 
+def _memory(tensor: torch.Tensor) -> tuple[object, int]:
+    """A key for the memory `tensor` reads (shared memory, one key) and its bytes."""
+    if tensor.layout == torch.strided and not tensor.is_mkldnn:
+        try:
+            storage = tensor.untyped_storage()
+            return ("storage", storage.data_ptr()), storage.nbytes()
+        except NotImplementedError:  # an opaque tensor (oneDNN's packed weights)
+            pass
+    return ("tensor", id(tensor)), tensor.numel() * tensor.element_size()
+
+
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of the model's tensors in memory, quantized layers' packed weights included
     (not the weights a device map left on disk: those read `meta`)."""
     tensors: Any = (*model.parameters(), *model.buffers())
-    held = sum(t.numel() * t.element_size() for t in tensors if t.device.type != "meta")
+    # A buffer may share its memory with a parameter (a packed head's plain weight is the
+    # tied embedding's): count each piece of memory once.
+    stored = dict(_memory(t) for t in tensors if t.device.type != "meta")
+    held = sum(stored.values())
     return held + sum(m.weight_bytes for m in model.modules() if isinstance(m, QuantizedLinear))

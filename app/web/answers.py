@@ -143,6 +143,11 @@ class LoadedModelInfo(_Out):
         " device map left on disk)."
     )
     packed_layers: int
+    fused_step: bool = Field(
+        description="Whether a single stream of it decodes through the fused step in C (GPT-2's"
+        " architecture, float32 on a CPU; LLMVIZ_FUSED_STEP). Its logits differ from"
+        " transformers' forward by rounding."
+    )
     device_map: DevicePlacement | None = Field(
         description="Null for a model whole on `device`. For one split by LLMVIZ_DEVICE_MAP:"
         " where each part lives."

@@ -140,10 +140,12 @@ def test_the_viewer_shows_a_progress_bar_while_a_hub_model_loads(
         page.on("requestfailed", lambda r: open_calls.discard(r))
         try:
             page.goto(live.url("/"))  # the default model: nothing loads from the hub
-            # Settled: the model and its views are shown, and no call of the page is open.
+            # Settled: the model and its views are shown, the load's bar is gone (the poll that
+            # sees the load ended hides it), and no call of the page is open.
             page.wait_for_function(
                 "!document.querySelector('[data-testid=generate]').disabled"
-                " && document.querySelector('[data-testid=lens]')?.dataset.state === 'ready'",
+                " && document.querySelector('[data-testid=lens]')?.dataset.state === 'ready'"
+                " && document.querySelector('[data-testid=load-progress]').hidden",
                 timeout=30_000,
             )
             deadline = time.monotonic() + 30

@@ -149,6 +149,7 @@ def save_gpt2(
     n_positions: int = 2048,
     vocab_size: int | None = None,
     seed: int = 0,
+    activation: str = "gelu_new",
 ) -> Path:
     """Save a GPT-2 under `path`: tiny by default, any size on request."""
     tokenizer = build_gpt2_tokenizer(vocab_size or 400)
@@ -159,6 +160,7 @@ def save_gpt2(
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
+        activation_function=activation,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )

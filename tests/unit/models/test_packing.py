@@ -121,3 +121,31 @@ def test_the_loader_packs_unless_told_not_to(model_root, packed):
     finally:
         loaded.worker.close(cancel=True)
         loaded.worker.join(30)
+
+
+@pytest.mark.parametrize(
+    ("model_id", "fused", "packed", "expected"),
+    [
+        ("tiny-gpt2", "1", "1", True),
+        ("tiny-gpt2", "1", "0", True),  # Conv1D weights, transposed into a copy
+        ("tiny-gpt2", "0", "1", False),
+        ("tiny-llama", "1", "1", False),  # GPT-2's architecture only
+    ],
+)
+def test_the_loader_gives_gpt2_a_fused_step_unless_told_not_to(
+    model_root, model_id, fused, packed, expected
+):
+    """LLMVIZ_FUSED_STEP (on by default): packed layers keep a plain copy only for it."""
+    assert Settings().fused_step is True
+    settings = Settings.from_env({"LLMVIZ_FUSED_STEP": fused, "LLMVIZ_PACKED_WEIGHTS": packed})
+    spec = ModelSpec(model_id, str(model_root / model_id), local=True)
+    loaded = load(spec, settings)
+    try:
+        assert loaded.describe()["fused_step"] is expected
+        layers = [m for m in loaded.worker._model.modules() if isinstance(m, PackedLinear)]
+        assert len(layers) == loaded.packed_layers
+        kept = [m for m in layers if m.plain is not None]
+        assert len(kept) == (loaded.packed_layers if expected else 0)
+    finally:
+        loaded.worker.close(cancel=True)
+        loaded.worker.join(30)

@@ -74,9 +74,10 @@ export class ModelPanel {
     const packed = entry.packed_layers
       ? `, with packed copies of ${entry.packed_layers} linear layers for oneDNN`
       : "";
+    const fused = entry.fused_step ? " A lone stream decodes through the fused step in C." : "";
     this.status.textContent =
       `Loaded on ${entry.device} (${entry.dtype}): ${weights}` +
-      `${megabytes(entry.memory_bytes)} of tensors in memory${packed}. ` +
+      `${megabytes(entry.memory_bytes)} of tensors in memory${packed}.${fused} ` +
       `${entry.active} generating, ${entry.queued} queued, ${entry.generated_tokens} tokens generated so far.`;
   }
 
