@@ -12,7 +12,9 @@ each figure is the median over runs of a run's median step.
 - `fused`: the C step.
 
 The floor: the bytes a step must read (every linear weight once, the LM head included)
-at the rate this machine reads memory (`torch.sum` over 512 MB, every thread, best of 5).
+at the rate this machine reads memory: the best of 5 reads of 512 MB by `torch.sum` and
+by a plain C loop over every thread (bench/read_rate.c, built as the fused step is);
+`torch.sum` alone reads less than the fused step does.
 Drift: the fused step's logits against transformers' over the same teacher-forced steps,
 the largest change of a logit and of a log-probability.
 
@@ -72,13 +74,26 @@ def step_times(model, lean, path: str, steps: int) -> tuple[list[float], list[to
 
 
 def read_rate() -> float:
-    """Bytes a second this machine reads (`torch.sum` over 512 MB, best of 5)."""
+    """Bytes a second this machine reads: the best of `torch.sum` and a C loop over 512 MB,
+    5 times each."""
+    import ctypes
+
+    from app.engine.kernels.build import library
+
+    read_all = library(REPO / "bench" / "read_rate.c").read_all
+    read_all.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    read_all.restype = ctypes.c_float
     data = torch.ones(128 * 1024 * 1024)
+    reads = [
+        lambda: float(data.sum()),
+        lambda: read_all(data.data_ptr(), data.numel(), torch.get_num_threads()),
+    ]
     best = 0.0
-    for _ in range(5):
-        started = time.perf_counter()
-        float(data.sum())
-        best = max(best, data.numel() * 4 / (time.perf_counter() - started))
+    for read in reads:
+        for _ in range(5):
+            started = time.perf_counter()
+            read()
+            best = max(best, data.numel() * 4 / (time.perf_counter() - started))
     return best
 
 

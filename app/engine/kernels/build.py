@@ -36,46 +36,46 @@ SOURCE = Path(__file__).with_name("gpt2_step.c")
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-std=c11"]
 _TIMEOUT_S = 120
 _lock = threading.Lock()  # two models loading at once build once
-_built: ctypes.CDLL | KernelUnavailable | None = None
+_built: dict[Path, ctypes.CDLL | KernelUnavailable] = {}
 
 
 class KernelUnavailable(RuntimeError):
     """The fused step cannot be built or loaded here; the message says why."""
 
 
-def library() -> ctypes.CDLL:
-    """The compiled fused step, built on first use.
+def library(source: Path = SOURCE) -> ctypes.CDLL:
+    """The compiled fused step (or another C file: the benchmarks' probes), built on first use.
 
     Raises:
         KernelUnavailable: no C compiler, a compiler error, or a library that does not load.
             The failure is remembered: the process does not try again.
     """
-    global _built
     with _lock:
-        if _built is None:
+        if source not in _built:
             try:
-                _built = _build()
+                _built[source] = _build(source)
             except KernelUnavailable as exc:
-                _built = exc
-        if isinstance(_built, KernelUnavailable):
-            raise _built
-        return _built
+                _built[source] = exc
+        built = _built[source]
+        if isinstance(built, KernelUnavailable):
+            raise built
+        return built
 
 
-def _build() -> ctypes.CDLL:
+def _build(source: Path = SOURCE) -> ctypes.CDLL:
     compiler = _compiler()
     with tempfile.TemporaryDirectory(prefix="llmviz-kernels-") as folder:
-        target = Path(folder) / "gpt2_step.so"
+        target = Path(folder) / f"{source.stem}.so"
         problem = ""
         # -march=native where the compiler takes it (this CPU's vector width), else its default.
         for tuning in (["-march=native"], []):
-            command = [compiler, *_FLAGS, *tuning, str(SOURCE), "-o", str(target), "-lm"]
+            command = [compiler, *_FLAGS, *tuning, str(source), "-o", str(target), "-lm"]
             code, output = _run(command, Path(folder) / "output.txt")
             if code == 0 or (code is None and target.exists()):
                 break
             problem = (output.strip().splitlines() or [f"exit status {code}"])[-1]
         else:
-            raise KernelUnavailable(f"{compiler} could not build {SOURCE.name}: {problem}")
+            raise KernelUnavailable(f"{compiler} could not build {source.name}: {problem}")
         try:
             return ctypes.CDLL(str(target))
         except OSError as exc:

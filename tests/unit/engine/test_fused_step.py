@@ -232,3 +232,10 @@ def test_slow_gpt2_keeps_the_lean_pace(model_root):
     assert model.config.activation_function == SLOW_ACTIVATION
     lean = LeanStep.make(model)
     assert lean is not None and lean.fused is None
+
+
+def test_a_model_of_a_few_tokens_and_positions_gets_both_steps():
+    """The probes that check both steps keep their ids inside the vocabulary (the demo
+    nano-sort has 3 tokens and 12 positions)."""
+    lean = LeanStep.make(_gpt2(vocab_size=3, n_positions=12))
+    assert lean is not None and lean.fused is not None
