@@ -11,10 +11,11 @@ each figure is the median over runs of a run's median step.
 - `lean`: the lean step's PyTorch path (app/engine/lean.py);
 - `fused`: the C step.
 
-The floor: the bytes a step must read (every linear weight once, the LM head included)
-at the rate this machine reads memory: the best of 5 reads of 512 MB by `torch.sum` and
-by a plain C loop over every thread (bench/read_rate.c, built as the fused step is);
-`torch.sum` alone reads less than the fused step does.
+The floor: the time to read the very weights a step reads (every linear weight once, the
+LM head included) with nothing else to do: a plain C loop over every thread summing each
+tensor in turn (bench/read_rate.c, built as the fused step is), the best of 5, measured
+right after the model's runs. (`torch.sum` over a fresh 512 MB reads less than the fused
+step does here: not a floor.)
 Drift: the fused step's logits against transformers' over the same teacher-forced steps,
 the largest change of a logit and of a log-probability.
 
@@ -73,9 +74,8 @@ def step_times(model, lean, path: str, steps: int) -> tuple[list[float], list[to
     return times, logits
 
 
-def read_rate() -> float:
-    """Bytes a second this machine reads: the best of `torch.sum` and a C loop over 512 MB,
-    5 times each."""
+def read_seconds(tensors: list[torch.Tensor]) -> float:
+    """Seconds to read `tensors` once, one after another, on every thread (best of 5)."""
     import ctypes
 
     from app.engine.kernels.build import library
@@ -83,31 +83,29 @@ def read_rate() -> float:
     read_all = library(REPO / "bench" / "read_rate.c").read_all
     read_all.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     read_all.restype = ctypes.c_float
-    data = torch.ones(128 * 1024 * 1024)
-    reads = [
-        lambda: float(data.sum()),
-        lambda: read_all(data.data_ptr(), data.numel(), torch.get_num_threads()),
-    ]
-    best = 0.0
-    for read in reads:
-        for _ in range(5):
-            started = time.perf_counter()
-            read()
-            best = max(best, data.numel() * 4 / (time.perf_counter() - started))
+    threads = torch.get_num_threads()
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for tensor in tensors:
+            read_all(tensor.data_ptr(), tensor.numel(), threads)
+        best = min(best, time.perf_counter() - started)
     return best
 
 
-def weight_bytes_per_step(model) -> int:
-    """Bytes of linear weights one step reads: the blocks' layers and the LM head."""
-    body = model.transformer
-    total = body.wte.weight.numel() * 4  # the head: the tied embedding, or its own weight
+def step_weights(model) -> list[torch.Tensor]:
+    """The linear weights one step reads, in order: the blocks' layers, then the LM head
+    (the tied embedding's matrix, or the head's own)."""
+    body, weights = model.transformer, []
     for block in body.h:
         for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
-            total += layer.plain.numel() * 4
-    return total
+            weights.append(layer.plain)
+    head = model.lm_head
+    weights.append(head.plain if getattr(head, "plain", None) is not None else body.wte.weight)
+    return weights
 
 
-def measure(name: str, path: Path, steps: int, runs: int, rate: float) -> None:
+def measure(name: str, path: Path, steps: int, runs: int) -> None:
     model, lean = load(path)
     medians: dict[str, list[float]] = {p: [] for p in PATHS}
     logits: dict[str, list[torch.Tensor]] = {}
@@ -117,7 +115,9 @@ def measure(name: str, path: Path, steps: int, runs: int, rate: float) -> None:
             medians[kind].append(statistics.median(times))
             logits[kind] = out
     ms = {kind: statistics.median(values) * 1e3 for kind, values in medians.items()}
-    floor_ms = weight_bytes_per_step(model) / rate * 1e3
+    weights = step_weights(model)
+    megabytes = sum(w.numel() for w in weights) * 4 / 1e6
+    floor_ms = read_seconds(weights) * 1e3
     print(
         f"\n{name}: one row, {steps} steps x {runs} runs, median step (ms), tok/s, x transformers"
     )
@@ -126,8 +126,8 @@ def measure(name: str, path: Path, steps: int, runs: int, rate: float) -> None:
             f"  {kind:12s} {ms[kind]:7.2f} ms {1e3 / ms[kind]:8.1f} tok/s"
             f"  {ms['transformers'] / ms[kind]:5.2f}x   {floor_ms / ms[kind]:4.0%} of the floor"
         )
-    megabytes = weight_bytes_per_step(model) / 1e6
-    print(f"  floor: {megabytes:.0f} MB at {rate / 1e9:.1f} GB/s = {floor_ms:.2f} ms")
+    rate = megabytes / floor_ms  # MB/ms = GB/s
+    print(f"  floor: reading those {megabytes:.0f} MB took {floor_ms:.2f} ms ({rate:.1f} GB/s)")
     # Drift: teacher-forced on transformers' tokens would need one more pass; the greedy
     # runs stay on the same tokens while the logits agree, so compare step by step until
     # the first step whose chosen token differs.
@@ -153,14 +153,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    rate = read_rate()
     models = {"llmviz/shakespeare": REPO / "demo_models" / "shakespeare"}
     if "gpt2-small" in args.models:
         models["gpt2-small shape"] = ensure_gpt2_small()
     for name, path in models.items():
         if name == "llmviz/shakespeare" and "shakespeare" not in args.models:
             continue
-        measure(name, path, args.steps, args.runs, rate)
+        measure(name, path, args.steps, args.runs)
 
 
 if __name__ == "__main__":

@@ -133,7 +133,9 @@ class ModelWorker:
         self._groups: list[RunningGroup] = []
         # Proved on the model now, as part of its load, not on the first request's time.
         self._lean = LeanStep.make(model, fused=fused_step)
-        self.fused_step = self._lean is not None and self._lean.fused is not None
+        fused = None if self._lean is None else self._lean.fused
+        self.fused_step = fused is not None
+        self.fused_step_bytes = 0 if fused is None else fused.copied_bytes  # its own weights
         self._alive = native_lock()  # held by the thread while it runs; see join()
         self._alive.acquire()
         self.queued = 0

@@ -27,7 +27,7 @@ from app.engine.threads import run_on_new_thread
 from app.errors import BadRequest, ModelLoadFailed, ModelNotFound
 from app.models import dispatch, hub, progress
 from app.models.loaded import LoadedModel, ModelProfile
-from app.models.packing import pack_linear_layers
+from app.models.packing import drop_plain_weights, pack_linear_layers
 from app.models.quantizing import quantize_linear_layers, weight_bytes
 from app.models.resolution import ModelSpec
 
@@ -129,7 +129,6 @@ def _load_weights(
         seconds,
         f" ({packed} linear layers packed for oneDNN)" if packed else "",
     )
-    memory = weight_bytes(model)
     # The worker's thread starts last: a failure before it leaves no thread holding weights
     # that no listing shows.
     worker = ModelWorker(
@@ -141,6 +140,11 @@ def _load_weights(
         prefill_chunk=settings.prefill_chunk,
         fused_step=settings.fused_step,
     )
+    if plain and not worker.fused_step:  # no compiler, or it failed its check: no use
+        drop_plain_weights(model)
+    # The fused step's own copies (a Conv1D's weight transposed when nothing was packed)
+    # are memory the model holds too.
+    memory = weight_bytes(model) + worker.fused_step_bytes
     return LoadedModel(
         profile,
         worker,

@@ -100,6 +100,14 @@ def pack_linear_layers(model: nn.Module, keep_plain: bool = False) -> int:
     return len(layers)
 
 
+def drop_plain_weights(model: nn.Module) -> int:
+    """Forget the plain copies packed layers keep (see `PackedLinear`); how many there were."""
+    layers = [m for m in model.modules() if isinstance(m, PackedLinear) and m.plain is not None]
+    for layer in layers:
+        layer.plain = None
+    return len(layers)
+
+
 def plain_linear(module: nn.Module) -> TypeGuard[nn.Linear | Conv1D]:
     """An `nn.Linear` or a `Conv1D` itself: a subclass (quantized, adapter) may hold its
     weight differently or add to the product, so it is not one of these."""

@@ -6,20 +6,23 @@ that can use it compiles it into a temporary folder (about a second), for this C
 removed: the process keeps its mapping, so no stale build outlives the source or lands
 on another machine.
 
-OpenMP: `-fopenmp` links the system's `libgomp.so.1`; torch's wheel ships a
-`libgomp.so.1` of its own, loaded first (torch is imported before this module), and the
-dynamic loader binds the library's OpenMP calls to that already-loaded copy by its
-soname (checked: one libgomp mapped in the process). So a fused step's parallel region
-uses the same thread team as torch's operators, with no second team competing for the
-cores. Without a compiler or OpenMP
-there is no fused step, and the lean step (app/engine/lean.py) runs every row count.
+OpenMP: `-fopenmp` links the system's `libgomp.so.1` (clang is asked for it by name,
+`-fopenmp=libgomp`). torch's wheel ships a `libgomp.so.1` of its own, loaded first (torch
+is imported before this module), and the dynamic loader binds the library's OpenMP calls
+to that already-loaded copy by its soname (checked: one libgomp mapped in the process).
+So a fused step's parallel region uses the same thread team as torch's operators, with
+no second team competing for the cores. Without a compiler, OpenMP or a writable
+temporary folder there is no fused step, and the lean step (app/engine/lean.py) runs
+every row count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import shlex
 import shutil
 import signal
 import tempfile
@@ -33,7 +36,7 @@ import torch  # noqa: F401  (loaded first: its libgomp is the one the library bi
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("gpt2_step.c")
-_FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-std=c11"]
+_FLAGS = ["-O3", "-fPIC", "-shared", "-std=c11"]
 _TIMEOUT_S = 120
 _lock = threading.Lock()  # two models loading at once build once
 _built: dict[Path, ctypes.CDLL | KernelUnavailable] = {}
@@ -64,22 +67,35 @@ def library(source: Path = SOURCE) -> ctypes.CDLL:
 
 def _build(source: Path = SOURCE) -> ctypes.CDLL:
     compiler = _compiler()
-    with tempfile.TemporaryDirectory(prefix="llmviz-kernels-") as folder:
-        target = Path(folder) / f"{source.stem}.so"
-        problem = ""
-        # -march=native where the compiler takes it (this CPU's vector width), else its default.
-        for tuning in (["-march=native"], []):
-            command = [compiler, *_FLAGS, *tuning, str(source), "-o", str(target), "-lm"]
-            code, output = _run(command, Path(folder) / "output.txt")
-            if code == 0 or (code is None and target.exists()):
-                break
-            problem = (output.strip().splitlines() or [f"exit status {code}"])[-1]
-        else:
-            raise KernelUnavailable(f"{compiler} could not build {source.name}: {problem}")
-        try:
-            return ctypes.CDLL(str(target))
-        except OSError as exc:
-            raise KernelUnavailable(f"the built library does not load: {exc}") from exc
+    try:
+        with tempfile.TemporaryDirectory(prefix="llmviz-kernels-") as folder:
+            return _compile(compiler, source, Path(folder))
+    except OSError as exc:  # no writable temporary folder, a full disk: no fused step
+        raise KernelUnavailable(f"no folder to build {source.name} in: {exc}") from exc
+
+
+def _compile(compiler: list[str], source: Path, folder: Path) -> ctypes.CDLL:
+    target = folder / f"{source.stem}.so"
+    problem = ""
+    # -march=native where the compiler takes it (this CPU's vector width), else its default.
+    for tuning in (["-march=native"], []):
+        command = [*compiler, *_FLAGS, *_openmp(compiler), *tuning, str(source)]
+        code, output = _run([*command, "-o", str(target), "-lm"], folder / "output.txt")
+        if code == 0 or (code is None and target.exists()):
+            break
+        problem = (output.strip().splitlines() or [f"exit status {code}"])[-1]
+    else:
+        raise KernelUnavailable(f"{compiler[0]} could not build {source.name}: {problem}")
+    try:
+        return ctypes.CDLL(str(target))
+    except OSError as exc:
+        raise KernelUnavailable(f"the built library does not load: {exc}") from exc
+
+
+def _openmp(compiler: list[str]) -> list[str]:
+    """The flag for OpenMP through libgomp: clang's plain -fopenmp means LLVM's libomp, a
+    second runtime beside torch's libgomp, with threads of its own competing for the cores."""
+    return ["-fopenmp=libgomp"] if "clang" in Path(compiler[0]).name else ["-fopenmp"]
 
 
 def _run(command: list[str], output: Path) -> tuple[int | None, str]:
@@ -112,7 +128,8 @@ def _run(command: list[str], output: Path) -> tuple[int | None, str]:
             break
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
-            waitpid(pid, 0)
+            with contextlib.suppress(ChildProcessError):  # reaped by gevent's watcher
+                waitpid(pid, 0)
             raise KernelUnavailable(f"{command[0]} took over {_TIMEOUT_S} s")
         sleep(0.02)
     return code, output.read_text(errors="replace")
@@ -131,12 +148,14 @@ def _unpatched() -> tuple[Any, Any, Any]:
     )
 
 
-def _compiler() -> str:
-    """`$CC`, else the first of cc, gcc and clang on the PATH."""
-    named = os.environ.get("CC")
-    candidates = [named] if named else ["cc", "gcc", "clang"]
-    for candidate in candidates:
-        found = shutil.which(candidate)
+def _compiler() -> list[str]:
+    """`$CC` (a command, arguments allowed: `ccache gcc`), else the first of gcc, cc and
+    clang on the PATH: the program's path and its arguments."""
+    named = shlex.split(os.environ.get("CC", ""))
+    candidates = [named] if named else [["gcc"], ["cc"], ["clang"]]
+    for program, *arguments in candidates:
+        found = shutil.which(program)
         if found:
-            return found
-    raise KernelUnavailable(f"no C compiler found (looked for {', '.join(candidates)})")
+            return [found, *arguments]
+    looked = ", ".join(" ".join(candidate) for candidate in candidates)
+    raise KernelUnavailable(f"no C compiler found (looked for {looked})")

@@ -109,6 +109,10 @@ class FusedStep:
             blocks=self._blocks,
         )
         self._vocab = int(vocab)
+        held = _addresses((*model.parameters(), *model.buffers()))
+        copies = {t.untyped_storage().data_ptr(): t.nbytes for t in self._keep}
+        # Bytes of the weights made for this step (transposed copies), not the model's own.
+        self.copied_bytes = sum(n for address, n in copies.items() if address not in held)
         self._layers = (_CacheLayer * len(body.h))()
         self._scratch = torch.empty(lib.gpt2_scratch_floats(ctypes.byref(self._model)))
         self._scratch_address = self._scratch.data_ptr()
@@ -179,6 +183,18 @@ def make(model: object) -> FusedStep | None:
     except (TypeError, ValueError, AttributeError) as exc:
         log.info("no fused decoding step for this model (%s)", exc)
         return None
+
+
+def _addresses(tensors: Any) -> set[int]:
+    """Where the tensors' memory starts (opaque tensors, oneDNN's packed weights, have none
+    to share: skipped)."""
+    addresses = set()
+    for tensor in tensors:
+        try:
+            addresses.add(tensor.untyped_storage().data_ptr())
+        except (NotImplementedError, RuntimeError):
+            continue
+    return addresses
 
 
 def _bound(lib: ctypes.CDLL) -> ctypes.CDLL:

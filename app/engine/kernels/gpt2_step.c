@@ -3,16 +3,18 @@
  *
  * Why this exists: at one row a decoding step is memory-bound (every weight is read
  * once) and short, so the time between operators counts. oneDNN's packed products read
- * about 24 GB/s on this project's 2-core EPYC; the plain dot products below, each
- * weight row read once in order, read about 35 GB/s, the rate llama.cpp's server reaches
- * on the same machine. Between two products there is a barrier of the thread team,
- * not a return to Python.
+ * about 24 GB/s at one row on this project's 2-core EPYC; the plain dot products below,
+ * each weight row read once in order, read 33-35 GB/s there (measured on GPT-2 small's
+ * weights), about the rate llama.cpp's server reaches on the same machine. Between two
+ * products there is a barrier of the thread team, not a return to Python.
  *
  * The arithmetic is GPT-2's (transformers' GPT2LMHeadModel, which follows Radford et
  * al., "Language Models are Unsupervised Multitask Learners", 2019): pre-norm blocks,
  * fused query/key/value projection, softmax attention over the KV cache, a two-layer
- * MLP. Only the order of the float32 sums differs from PyTorch's, so the logits agree
- * with transformers' to about 1e-5 (checked on every model as it loads, gpt2.py).
+ * MLP. The float32 sums run in another order than PyTorch's, and e^x (softmax, the tanh
+ * of GELU) is a polynomial good to 1e-7 (exp_approx), so the logits agree with
+ * transformers' to about 1e-5 (checked against the lean step on every model as it loads,
+ * app/engine/lean.py).
  *
  * Weights are [out_features, in_features], row-major (nn.Linear's layout): output j's
  * weights are one contiguous row. The KV cache is transformers' layout for one row,

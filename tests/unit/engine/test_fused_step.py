@@ -14,14 +14,23 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from app.config import Settings
+from app.engine.attention import HeadSelection
 from app.engine.batch import DecodeBatch
 from app.engine.kernels import build, gpt2
 from app.engine.lean import LeanStep
 from app.models.packing import pack_linear_layers
 from app.models.quantizing import quantize_linear_layers, weight_bytes
 from tests.conftest import SLOW_ACTIVATION
+from tests.support.compiler import require_compiler
 
 VOCAB = 300
+
+
+@pytest.fixture(autouse=True)
+def _compiler():
+    require_compiler()
+
+
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -239,3 +248,37 @@ def test_a_model_of_a_few_tokens_and_positions_gets_both_steps():
     nano-sort has 3 tokens and 12 positions)."""
     lean = LeanStep.make(_gpt2(vocab_size=3, n_positions=12))
     assert lean is not None and lean.fused is not None
+
+
+def test_a_watched_row_and_a_hooked_pass_keep_transformers_forward():
+    """Requests that capture internals (live attention) or change them (interventions,
+    whose passes run with lean=False) never take the fused step: their numbers stay exact."""
+    model = _gpt2(seed=3)
+    lean, spy = _lean(model)
+    watched = DecodeBatch(model, lean)
+    watched.prefill([[1, 2, 3]], [HeadSelection(layers=(0,), heads=None)])
+    assert watched.step([4]).attention[0] is not None
+    hooked = DecodeBatch(model, lean)
+    hooked.prefill([[1, 2, 3]], [None])
+    reference = DecodeBatch(model)
+    reference.prefill([[1, 2, 3]], [None])
+    assert torch.equal(hooked.step([4], lean=False).logits, reference.step([4]).logits)
+    assert spy.calls == 0
+
+
+def test_no_writable_temporary_folder_means_no_fused_step(monkeypatch, tmp_path):
+    monkeypatch.setattr(build.tempfile, "tempdir", str(tmp_path / "missing"))
+    with pytest.raises(build.KernelUnavailable, match="no folder to build"):
+        build._build()
+
+
+def test_a_compiler_command_with_arguments_and_clang_s_flag():
+    """`CC` may be a command (`ccache gcc`); clang is asked for libgomp by name, not its
+    own libomp (a second OpenMP runtime beside torch's)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CC", "env gcc")
+        compiler = build._compiler()
+        assert compiler[1:] == ["gcc"] and compiler[0].endswith("/env")
+        assert build._build() is not None
+    assert build._openmp(["/usr/bin/clang-16"]) == ["-fopenmp=libgomp"]
+    assert build._openmp(["/usr/bin/gcc"]) == ["-fopenmp"]

@@ -15,6 +15,7 @@ from app.models import packing
 from app.models.loading import load
 from app.models.packing import PackedLinear, pack_linear_layers
 from app.models.resolution import ModelSpec
+from tests.support.compiler import require_compiler
 
 
 def _load(model_root, model_id, **options):
@@ -136,6 +137,7 @@ def test_the_loader_gives_gpt2_a_fused_step_unless_told_not_to(
     model_root, model_id, fused, packed, expected
 ):
     """LLMVIZ_FUSED_STEP (on by default): packed layers keep a plain copy only for it."""
+    require_compiler()
     assert Settings().fused_step is True
     settings = Settings.from_env({"LLMVIZ_FUSED_STEP": fused, "LLMVIZ_PACKED_WEIGHTS": packed})
     spec = ModelSpec(model_id, str(model_root / model_id), local=True)
@@ -149,3 +151,41 @@ def test_the_loader_gives_gpt2_a_fused_step_unless_told_not_to(
     finally:
         loaded.worker.close(cancel=True)
         loaded.worker.join(30)
+
+
+def _loaded_memory(model_root, env):
+    spec = ModelSpec("tiny-gpt2", str(model_root / "tiny-gpt2"), local=True)
+    loaded = load(spec, Settings.from_env(env))
+    try:
+        layers = [m for m in loaded.worker._model.modules() if isinstance(m, PackedLinear)]
+        return loaded.describe(), sum(m.plain is not None for m in layers)
+    finally:
+        loaded.worker.close(cancel=True)
+        loaded.worker.join(30)
+
+
+def test_without_a_fused_step_no_plain_copy_is_kept(model_root, monkeypatch):
+    """No compiler: the load goes on without the fused step, and the plain copies packing
+    kept for it are dropped; the memory is what LLMVIZ_FUSED_STEP=0 takes."""
+    from app.engine.kernels import build
+
+    monkeypatch.setattr(build, "_built", {})  # this test's failure is not remembered after it
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    described, kept = _loaded_memory(model_root, {})
+    assert described["fused_step"] is False and kept == 0
+    off, _ = _loaded_memory(model_root, {"LLMVIZ_FUSED_STEP": "0"})
+    assert described["memory_bytes"] == off["memory_bytes"]
+
+
+def test_the_fused_step_s_own_copies_count_in_memory(model_root):
+    """Unpacked (Conv1D) weights are transposed into copies for the fused step: counted."""
+    require_compiler()
+    fused, _ = _loaded_memory(model_root, {"LLMVIZ_PACKED_WEIGHTS": "0"})
+    plain, _ = _loaded_memory(model_root, {"LLMVIZ_PACKED_WEIGHTS": "0", "LLMVIZ_FUSED_STEP": "0"})
+    model = _load(model_root, "tiny-gpt2")
+    blocks = sum(
+        layer.weight.numel() * 4
+        for block in model.transformer.h
+        for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
+    )
+    assert fused["memory_bytes"] - plain["memory_bytes"] == blocks
