@@ -19,7 +19,8 @@ Modules: `worker` (the thread and its queue), `job` (one request's state),
 `running` (a group of running jobs: runs each round's plan), `plan` (what a round
 runs, as a value), `pace` (how much prompt a round takes), `backlog` (a full
 queue's Retry-After), `isolation` (a failed part ends only its own jobs), `batch`
-(the KV-cache batch), `mixed` (mixed passes), `kvcache`, `sampling`, `stopping`,
+(the KV-cache batch), `solo` (a prompt prefilled in chunks), `passes` (what the passes
+share), `mixed` (mixed passes), `kvcache`, `sampling`, `stopping`,
 `decoding` (incremental detokenization), `attention`, `tensors` (the wire encoding
 of tensors), `threads` (hand-offs between native threads and gevent), `lean` (plain
 decoding steps without transformers' Python) and `kernels` (steps in C).

@@ -6,38 +6,29 @@ keep each row's own positions, so a row computes what it would compute alone
 (up to floating-point noise from different matrix shapes). Sequences that
 arrive together are prefilled together, then merged in; a finished one is cut
 out at once. A long prompt that joins running rows can instead be prefilled a
-chunk at a time into a cache of its own (`SoloSequence`), between the
-running rows' steps or packed into the same pass (app/engine/mixed.py).
+chunk at a time into a cache of its own (`SoloSequence`, app/engine/solo.py), between
+the running rows' steps or packed into the same pass (app/engine/mixed.py).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import CacheLayerMixin
 
-from app.engine.attention import HeadSelection, eager_attention
-from app.engine.contract import CausalLM, ForwardOutput, cache_keyword, input_device
+from app.engine.attention import HeadSelection
+from app.engine.contract import CausalLM, ForwardOutput, input_device
 from app.engine.kernels.gpt2 import FusedStep
-from app.engine.kvcache import GrowingLayer, filled, growing_cache, headroom, stack_left_padded
+from app.engine.kvcache import GrowingLayer, filled, growing_cache, stack_left_padded
 from app.engine.lean import LeanStep, fused_takes
 from app.engine.mixed import BatchPart, Part, mixed_forward, padded_mask
+from app.engine.passes import Step, columns_of, forward, last_rows, truncate
 
 _MERGEABLE = (GrowingLayer,)  # full-attention layers (growing_cache); sliding windows cannot merge
-
-
-@dataclass
-class Step:
-    """One forward pass's results: next-token logits per row, and watched attention rows."""
-
-    logits: torch.Tensor  # [rows, vocab]
-    attention: list[torch.Tensor | None]  # per row: [layers, heads, keys] or None
 
 
 class DecodeBatch:
@@ -91,10 +82,10 @@ class DecodeBatch:
         # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
         out = self._forward(ids, cache, mask if padded else None, positions, watched)
         attention = [
-            _last_rows(out.attentions, watch, row, lengths[row]) if watch else None
+            last_rows(out.attentions, watch, row, lengths[row]) if watch else None
             for row, watch in enumerate(watches)
         ]
-        self._merge(cache, mask, lengths, watches)
+        self.merge(cache, mask, lengths, watches)
         return Step(out.logits[:, -1].float(), attention)
 
     @property
@@ -117,7 +108,7 @@ class DecodeBatch:
         mask = F.pad(mask, (0, 1), value=1)
         padded = bool((mask == 0).any())
         watched = any(w is not None for w in self.watches)
-        columns = [_columns(layer) for layer in cache.layers]
+        columns = [columns_of(layer) for layer in cache.layers]
         try:
             out: ForwardOutput
             if self._lean is not None and lean and not watched:
@@ -130,7 +121,7 @@ class DecodeBatch:
         self._mask = mask
         self._lengths = [n + 1 for n in self._lengths]
         attention = [
-            _last_rows(out.attentions, watch, row, self._lengths[row]) if watch else None
+            last_rows(out.attentions, watch, row, self._lengths[row]) if watch else None
             for row, watch in enumerate(self.watches)
         ]
         return Step(out.logits[:, -1].float(), attention)
@@ -161,7 +152,7 @@ class DecodeBatch:
         if len(self):
             cache, mask = self._state()
             rows = BatchPart(cache, list(tokens), list(self._lengths), padded_mask(mask))
-            columns = [_columns(layer) for layer in cache.layers]
+            columns = [columns_of(layer) for layer in cache.layers]
         try:
             logits = mixed_forward(self._model, rows, parts)
         except Exception:
@@ -180,7 +171,7 @@ class DecodeBatch:
         cache, mask = self._state()
         for row in range(len(self)):
             single = DecodeBatch(self._model, self._lean)
-            single._merge(copy.deepcopy(cache), mask.clone(), self._lengths, self.watches)
+            single.merge(copy.deepcopy(cache), mask.clone(), self._lengths, self.watches)
             single.remove([i for i in range(len(self)) if i != row])
             singles.append(single)
         return singles
@@ -188,7 +179,7 @@ class DecodeBatch:
     def concatenate(self, other: DecodeBatch) -> None:
         """Add `other`'s rows after this batch's rows (`other` is consumed)."""
         if len(other):
-            self._merge(*other._state(), other._lengths, other.watches)
+            self.merge(*other._state(), other._lengths, other.watches)
 
     def remove(self, rows: Sequence[int]) -> None:
         """Drop these rows from the batch and its cache."""
@@ -217,9 +208,11 @@ class DecodeBatch:
     def _roll_back(self, columns: Sequence[int | None]) -> None:
         # A failed pass may have appended this step's keys and values to some layers.
         for layer, width in zip(self._state()[0].layers, columns, strict=True):
-            _truncate(layer, width)
+            truncate(layer, width)
 
-    def _merge(self, cache: DynamicCache, mask: torch.Tensor, lengths, watches) -> None:
+    def merge(self, cache: DynamicCache, mask: torch.Tensor, lengths, watches) -> None:
+        """Add rows (their cache [rows, ...], mask [rows, columns], lengths and watches)
+        after this batch's rows, both left-padded to the wider (`cache` is consumed)."""
         if self._cache is None or self._mask is None:
             self._cache, self._mask = cache, mask
         else:
@@ -234,133 +227,4 @@ class DecodeBatch:
         self.watches += list(watches)
 
     def _forward(self, ids, cache, mask, positions, watched: bool) -> ForwardOutput:
-        return _forward(self._model, ids, cache, mask, positions, watched)
-
-
-class SoloSequence:
-    """A sequence with a KV cache of its own (a batch of one), outside a DecodeBatch.
-
-    A prompt that joins running rows goes in a chunk at a time: each chunk attends
-    to the chunks before it through the cache, so the result is what a one-piece
-    prefill computes (up to floating-point noise), and the rows take a step between
-    two chunks (or in the same pass, app/engine/mixed.py) instead of waiting for the
-    whole prompt. Once the prompt is in, the sequence either joins a batch as its
-    last row (`join`) or, in mixed passes, goes on decoding here, one token a pass:
-    a long sequence merged into short rows would widen all their caches to its length.
-    """
-
-    def __init__(self, model: CausalLM, prompt: Sequence[int], watch: HeadSelection | None):
-        self._model = model
-        self._prompt = list(prompt)
-        self.watch = watch
-        self.cache: DynamicCache | None = growing_cache(model, reserve=headroom(len(self._prompt)))
-        self.done = 0  # tokens in the cache: the prompt's, then generated ones
-        self.passes_left: int | None = None  # planned at its first chunk (app/engine/plan.py)
-
-    @property
-    def remaining(self) -> int:
-        """Prompt tokens not yet prefilled."""
-        return max(len(self._prompt) - self.done, 0)
-
-    def part(self, budget: int, last_token: int | None) -> Part:
-        """Its share of a mixed pass: up to `budget` prompt tokens, or, once the prompt
-        is in, its latest generated token."""
-        if self.remaining:
-            end = min(self.done + max(budget, 1), len(self._prompt))
-            last = end == len(self._prompt)
-            return Part(self._own_cache(), self._prompt[self.done : end], self.done, last)
-        if last_token is None:
-            raise ValueError("a decoding sequence's part needs its latest token")
-        return Part(self._own_cache(), [last_token], self.done, True)
-
-    def _own_cache(self) -> DynamicCache:
-        if self.cache is None:
-            raise RuntimeError("the sequence has joined a batch, with its cache")
-        return self.cache
-
-    def fed(self, part: Part) -> None:
-        """A mixed pass has put `part`'s tokens in the cache."""
-        self.done += len(part.tokens)
-
-    def roll_back(self) -> None:
-        """Cut columns a failed pass may have added."""
-        for layer in self._own_cache().layers:
-            _truncate(layer, min(_columns(layer) or 0, self.done))
-
-    @torch.inference_mode()
-    def advance(self, tokens: int) -> Step | None:
-        """Prefill the next `tokens` prompt tokens in a pass of their own; the Step once done."""
-        start, end = self.done, min(self.done + max(tokens, 1), len(self._prompt))
-        device = input_device(self._model)
-        ids = torch.tensor([self._prompt[start:end]], device=device)
-        positions = torch.arange(start, end, device=device)[None]
-        last = end == len(self._prompt)
-        decoder = _decoder(self._model)
-        if not last and decoder is not None:
-            # Only the cache is wanted: skip the LM head (a vocabulary-sized matrix to read).
-            decoder_class: type = type(decoder)  # (mypy takes no type[Module] as Hashable)
-            decoder(
-                ids,
-                position_ids=positions,
-                use_cache=True,
-                **{cache_keyword(decoder_class): self.cache},
-            )
-            self.done = end
-            return None
-        watch = self.watch if last else None  # only the last query's attention is reported
-        out = _forward(self._model, ids, self.cache, None, positions, watch is not None)
-        self.done = end
-        if not last:
-            return None
-        attention = [_last_rows(out.attentions, watch, 0, end) if watch is not None else None]
-        return Step(out.logits[:, -1].float(), attention)
-
-    def join(self, batch: DecodeBatch) -> None:
-        """Add the sequence to `batch` as its last row (its cache is handed over)."""
-        mask = torch.ones((1, self.done), dtype=torch.long, device=input_device(self._model))
-        batch._merge(self._own_cache(), mask, [self.done], [self.watch])
-        self.cache = None
-
-
-def _forward(model: CausalLM, ids, cache, mask, positions, watched: bool) -> ForwardOutput:
-    # Eager attention only when a row asked for its attention: SDPA computes none.
-    with eager_attention(model) if watched else nullcontext():
-        return model(
-            ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            output_attentions=watched,
-            **{cache_keyword(type(model)): cache},
-        )
-
-
-def _decoder(model: CausalLM) -> torch.nn.Module | None:
-    """The model without its LM head (transformers' `base_model`), or None when it has none."""
-    base = getattr(model, "base_model", None)
-    return base if base is not None and base is not model else None
-
-
-def _columns(layer) -> int | None:
-    keys = getattr(layer, "keys", None)
-    return None if keys is None else keys.shape[-2]
-
-
-def _truncate(layer, width: int | None) -> None:
-    """Cut a layer's cache back to `width` columns (None: it was never filled)."""
-    if width is None:
-        return
-    if isinstance(layer, GrowingLayer):
-        layer.truncate(width)
-    else:
-        layer.keys, layer.values = layer.keys[..., :width, :], layer.values[..., :width, :]
-
-
-def _last_rows(attentions, watch: HeadSelection, row: int, keys: int) -> torch.Tensor:
-    """The last query's attention over this row's `keys` real keys: [layers, heads, keys]."""
-    picked = []
-    for layer in watch.layers:
-        weights = attentions[layer][row, :, -1, -keys:]  # rows are left-padded
-        picked.append(weights if watch.heads is None else weights[list(watch.heads)])
-    return torch.stack(picked).float()
+        return forward(self._model, ids, cache, mask, positions, watched)

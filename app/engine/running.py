@@ -16,7 +16,7 @@ from functools import partial
 
 import torch
 
-from app.engine.batch import DecodeBatch, SoloSequence, Step
+from app.engine.batch import DecodeBatch
 from app.engine.contract import CausalLM
 from app.engine.interventions import Starts, for_rows
 from app.engine.isolation import Failed, choose, fail, hand, isolated
@@ -25,8 +25,10 @@ from app.engine.kvcache import full_attention
 from app.engine.lean import LeanStep
 from app.engine.mixed import supports
 from app.engine.pace import PrefillPace, RoundRecord, keys_per_token
+from app.engine.passes import Step
 from app.engine.plan import Chunk, PrefillRun, RoundPlan, SoloState, plan_round
 from app.engine.sampling import BatchSampler
+from app.engine.solo import SoloSequence
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,11 @@ from transformers import AutoModelForCausalLM
 
 from app.engine import DoneEvent, ErrorEvent, GenerationJob, ModelWorker, SamplingParams
 from app.engine.attention import HeadSelection
-from app.engine.batch import DecodeBatch, SoloSequence
+from app.engine.batch import DecodeBatch
 from app.engine.events import TokenEvent
 from app.engine.pace import PrefillPace
 from app.engine.running import PassCounters, RunningGroup
+from app.engine.solo import SoloSequence
 from tests.support.engine import submit_together
 from tests.support.scripted import FAIL, LetterTokenizer, ScriptedLM
 from tests.support.tiny_models import MODEL_IDS

@@ -7,8 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from app.engine.batch import DecodeBatch, SoloSequence
+from app.engine.batch import DecodeBatch
 from app.engine.mixed import supports
+from app.engine.solo import SoloSequence
 from tests.support.scripted import ScriptedLM
 from tests.support.tiny_models import MODEL_IDS
 from tests.unit.engine.conftest import solo_logits
