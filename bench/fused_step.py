@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from bench.common import REPO, ensure_gpt2_small
+from bench.common import REPO
+from bench.quantized import model_paths
 
 PATHS = ("transformers", "lean", "fused")
 
@@ -153,12 +154,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    models = {"llmviz/shakespeare": REPO / "demo_models" / "shakespeare"}
-    if "gpt2-small" in args.models:
-        models["gpt2-small shape"] = ensure_gpt2_small()
-    for name, path in models.items():
-        if name == "llmviz/shakespeare" and "shakespeare" not in args.models:
-            continue
+    for name, path in model_paths(args.models, llama_1b=False).items():
         measure(name, path, args.steps, args.runs)
 
 

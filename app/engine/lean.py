@@ -117,7 +117,7 @@ class LeanStep:
         from app.engine.batch import DecodeBatch  # batch imports this module
 
         model: CausalLM = self._model
-        vocab = self._body.wte.weight.shape[0]  # probe ids within it (nano-sort has 8)
+        vocab = self._body.wte.weight.shape[0]  # probe ids within it (nano-sort has 3)
         for prompts, tokens in (([[1, 2, 3, 4, 5], [3, 4]], [6, 7]), ([[1, 2]], [3])):
             prompts = [[t % vocab for t in prompt] for prompt in prompts]
             tokens = [t % vocab for t in tokens]
